@@ -1,0 +1,85 @@
+-- kamiyo-webhooks schema (SQLite). Times are milliseconds since the Unix epoch, UTC.
+
+CREATE TABLE users (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT    NOT NULL,
+    tier        TEXT    NOT NULL CHECK (tier IN ('free', 'pro', 'team', 'enterprise')),
+    created_at  INTEGER NOT NULL
+);
+
+CREATE TABLE api_keys (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id     INTEGER NOT NULL REFERENCES users (id),
+    -- SHA-256 of the key; the key itself is never stored.
+    key_hash    TEXT    NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+
+CREATE TABLE webhooks (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id         INTEGER NOT NULL REFERENCES users (id),
+    name            TEXT    NOT NULL,
+    url             TEXT    NOT NULL,
+    min_amount_usd  REAL,
+    -- JSON arrays of names, NULL when the filter is not set.
+    chains          TEXT,
+    protocols       TEXT,
+    categories      TEXT,
+    is_active       INTEGER NOT NULL,
+    secret          TEXT    NOT NULL,
+    disabled_reason TEXT,
+    -- Maintained by the workers after each finished attempt, for health at a glance.
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    last_success_at INTEGER,
+    last_failure_at INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    -- Soft delete keeps the delivery history consistent; every query filters it out.
+    deleted_at      INTEGER
+);
+CREATE INDEX webhooks_by_user ON webhooks (user_id) WHERE deleted_at IS NULL;
+CREATE INDEX webhooks_active ON webhooks (id) WHERE deleted_at IS NULL AND is_active = 1;
+
+CREATE TABLE exploits (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- lower(chain) || char(10) || lower(tx_hash), computed with Unicode case folding.
+    dedup_key   TEXT    NOT NULL UNIQUE,
+    tx_hash     TEXT    NOT NULL,
+    chain       TEXT    NOT NULL,
+    protocol    TEXT    NOT NULL,
+    amount_usd  REAL    NOT NULL,
+    timestamp   INTEGER NOT NULL,
+    source      TEXT,
+    source_url  TEXT,
+    category    TEXT,
+    description TEXT,
+    detected_at INTEGER NOT NULL
+);
+
+CREATE TABLE deliveries (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    webhook_id      INTEGER NOT NULL REFERENCES webhooks (id),
+    exploit_id      INTEGER REFERENCES exploits (id),
+    event           TEXT    NOT NULL,
+    -- Only for bodies not derived from an exploit row (test events).
+    payload         TEXT,
+    status          TEXT    NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    -- When the next attempt is due; NULL once the delivery is finished.
+    next_attempt_at INTEGER,
+    -- A worker's claim: nobody else attempts the delivery before this time.
+    locked_until    INTEGER,
+    created_at      INTEGER NOT NULL,
+    sent_at         INTEGER,
+    delivered_at    INTEGER,
+    last_attempt_at INTEGER,
+    status_code     INTEGER,
+    latency_ms      INTEGER,
+    error           TEXT
+);
+CREATE INDEX deliveries_by_webhook ON deliveries (webhook_id, id);
+CREATE INDEX deliveries_by_webhook_status ON deliveries (webhook_id, status, id);
+CREATE INDEX deliveries_finished ON deliveries (webhook_id, last_attempt_at) WHERE status <> 'pending';
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';

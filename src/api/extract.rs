@@ -1,0 +1,138 @@
+//! Our own extractors: JSON bodies that fail in our error shape with the field named,
+//! and the caller's identity from a bearer token.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::secret::hash_api_key;
+use crate::store::User;
+
+/// A JSON body. Syntax errors are 400 `malformed_json`; shape errors (missing, unknown or
+/// mistyped fields) are 422 naming the field.
+pub struct ApiJson<T>(pub T);
+
+/// Parses bytes as JSON syntax only.
+pub fn parse_json_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::MalformedJson(
+            "request body is empty; expected JSON".into(),
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::MalformedJson(format!("request body is not valid JSON: {e}")))
+}
+
+/// Turns a JSON value into `T`, naming the offending field on failure.
+pub fn from_json_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde names missing and unknown fields in its message, not in the path.
+        let named = |prefix: &str| {
+            inner
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_string)
+        };
+        // An unknown field is already the last segment of the path; a missing one is not.
+        let field = match (named("missing field `"), named("unknown field `")) {
+            (Some(f), _) if path == "." => f,
+            (Some(f), _) => format!("{path}.{f}"),
+            (None, Some(f)) if path == "." => f,
+            _ if path == "." => "body".into(),
+            _ => path,
+        };
+        let message = if inner.starts_with("missing field") {
+            "is required".to_string()
+        } else if let Some(rest) = inner.strip_prefix("unknown field `") {
+            let expected = rest.split_once(", ").map(|x| x.1).unwrap_or("");
+            format!("unknown field; {expected}")
+        } else {
+            inner
+        };
+        ApiError::validation(field, message)
+    })
+}
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::MalformedJson(rejection.body_text())
+            }
+        })?;
+        let value = parse_json_value(&bytes)?;
+        Ok(ApiJson(from_json_value(value)?))
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The user owning the request's API key.
+pub struct AuthUser(pub User);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let user = state
+            .store
+            .user_by_api_key(&hash_api_key(key))
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        Ok(AuthUser(user))
+    }
+}
+
+/// Proof that the request carries the operator token.
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let expected = state
+            .config
+            .admin_token
+            .as_deref()
+            .ok_or(ApiError::AdminDisabled)?;
+        let given = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        // Hashing first makes the comparison constant-time in the length too.
+        let a = Sha256::digest(expected.as_bytes());
+        let b = Sha256::digest(given.as_bytes());
+        if bool::from(a.ct_eq(&b)) {
+            Ok(Operator)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}

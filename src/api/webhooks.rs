@@ -1,0 +1,503 @@
+//! The user API: `/api/v1/user-webhooks` and everything under it.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, AuthUser};
+use super::AppState;
+use crate::domain::filter::{validate_list, validate_min_amount, Filters};
+use crate::domain::health::HealthFigures;
+use crate::domain::secret::{generate_webhook_secret, secret_hint};
+use crate::domain::time::{format_ms, now_ms};
+use crate::domain::webhook::{validate_name, NewWebhook, Webhook, WebhookPatch, WebhookUrl};
+use crate::store::{DeliveryRecord, DeliveryStatus, Page, StoreError};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/user-webhooks",
+            post(create_webhook).get(list_webhooks),
+        )
+        .route(
+            "/api/v1/user-webhooks/{id}",
+            get(get_webhook)
+                .patch(update_webhook)
+                .delete(delete_webhook),
+        )
+        .route(
+            "/api/v1/user-webhooks/{id}/regenerate-secret",
+            post(regenerate_secret),
+        )
+        .route(
+            "/api/v1/user-webhooks/{id}/deliveries",
+            get(list_deliveries),
+        )
+}
+
+/// A webhook to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookIn {
+    /// 1 to 100 characters.
+    #[schema(example = "Production Alert System")]
+    pub name: String,
+    /// `https://` URL, at most 2048 characters, no credentials.
+    #[schema(example = "https://your-domain.com/webhooks/kamiyo")]
+    pub url: String,
+    /// Only exploits of at least this many USD (inclusive).
+    #[schema(example = 100000)]
+    pub min_amount_usd: Option<f64>,
+    /// Only these chains (case-insensitive); null or [] for all.
+    #[schema(example = json!(["ethereum", "arbitrum"]))]
+    pub chains: Option<Vec<String>>,
+    /// Only these protocols (case-insensitive); null or [] for all.
+    pub protocols: Option<Vec<String>>,
+    /// Only these categories (case-insensitive); null or [] for all.
+    pub categories: Option<Vec<String>>,
+    /// Defaults to true.
+    pub is_active: Option<bool>,
+}
+
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A change to a webhook: absent fields stay as they are; `null` clears a filter.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookPatchIn {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<bool>)]
+    pub is_active: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>)]
+    pub min_amount_usd: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub chains: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub protocols: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub categories: Option<Option<Vec<String>>>,
+}
+
+/// Delivery health of a webhook.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthOut {
+    /// `healthy`, `degraded`, `failing` or `no_data`.
+    pub status: &'static str,
+    pub success_rate_24h: Option<f64>,
+    pub success_rate_all_time: Option<f64>,
+    pub deliveries_24h: u64,
+    pub mean_latency_ms_24h: Option<f64>,
+    pub consecutive_failures: u64,
+    pub last_success_at: Option<String>,
+    pub last_failure_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl From<HealthFigures> for HealthOut {
+    fn from(h: HealthFigures) -> Self {
+        HealthOut {
+            status: h.status().as_str(),
+            success_rate_24h: h.success_rate_24h(),
+            success_rate_all_time: h.success_rate_all(),
+            deliveries_24h: h.succeeded_24h + h.failed_24h,
+            mean_latency_ms_24h: h.mean_latency_ms_24h.map(|v| (v * 10.0).round() / 10.0),
+            consecutive_failures: h.consecutive_failures,
+            last_success_at: h.last_success_at_ms.map(format_ms),
+            last_failure_at: h.last_failure_at_ms.map(format_ms),
+            last_error: h.last_error,
+        }
+    }
+}
+
+/// A webhook as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookOut {
+    pub id: i64,
+    pub name: String,
+    pub url: String,
+    pub min_amount_usd: Option<f64>,
+    pub chains: Option<Vec<String>>,
+    pub protocols: Option<Vec<String>>,
+    pub categories: Option<Vec<String>>,
+    pub is_active: bool,
+    /// Why the service deactivated the webhook (e.g. the endpoint answered 410 Gone).
+    pub disabled_reason: Option<String>,
+    /// The first characters of the secret, to tell secrets apart.
+    pub secret_hint: String,
+    /// Only in the create answer: save it, it is never shown again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthOut>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl WebhookOut {
+    fn from_webhook(w: Webhook) -> Self {
+        WebhookOut {
+            id: w.id,
+            name: w.name,
+            url: w.url,
+            min_amount_usd: w.filters.min_amount_usd,
+            chains: w.filters.chains,
+            protocols: w.filters.protocols,
+            categories: w.filters.categories,
+            is_active: w.is_active,
+            disabled_reason: w.disabled_reason,
+            secret_hint: secret_hint(&w.secret),
+            secret: None,
+            health: None,
+            created_at: format_ms(w.created_at_ms),
+            updated_at: format_ms(w.updated_at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookList {
+    pub webhooks: Vec<WebhookOut>,
+    pub total: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecretOut {
+    /// The new secret; the old one stops working at once.
+    pub secret: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryQuery {
+    /// 1-based page number (default 1).
+    pub page: Option<String>,
+    /// 1 to 100 (default 50).
+    pub page_size: Option<String>,
+    /// `pending`, `succeeded` or `failed`.
+    pub status: Option<String>,
+}
+
+/// One delivery of an event to a webhook.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryOut {
+    pub id: i64,
+    /// Null for test events.
+    pub exploit_id: Option<i64>,
+    /// `exploit.detected` or `webhook.test`.
+    pub event: String,
+    /// `pending`, `succeeded` or `failed`.
+    pub status: &'static str,
+    /// HTTP status of the latest attempt; null before the first or on a connection error.
+    pub status_code: Option<i64>,
+    /// Time of the first attempt.
+    pub sent_at: Option<String>,
+    /// Time of the successful attempt.
+    pub delivered_at: Option<String>,
+    pub attempts: i64,
+    /// When the next attempt is due, while pending.
+    pub next_attempt_at: Option<String>,
+    /// What went wrong in the latest attempt.
+    pub error: Option<String>,
+    /// Latency of the latest attempt.
+    pub latency_ms: Option<i64>,
+    pub created_at: String,
+}
+
+impl From<DeliveryRecord> for DeliveryOut {
+    fn from(d: DeliveryRecord) -> Self {
+        DeliveryOut {
+            id: d.id,
+            exploit_id: d.exploit_id,
+            event: d.event,
+            status: d.status.as_str(),
+            status_code: d.status_code,
+            sent_at: d.sent_at_ms.map(format_ms),
+            delivered_at: d.delivered_at_ms.map(format_ms),
+            attempts: d.attempts,
+            next_attempt_at: d.next_attempt_at_ms.map(format_ms),
+            error: d.error,
+            latency_ms: d.latency_ms,
+            created_at: format_ms(d.created_at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<DeliveryOut>,
+    pub total: u64,
+    pub page: u32,
+    pub page_size: u32,
+}
+
+fn webhook_not_found(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::NotFound("webhook"),
+        other => other.into(),
+    }
+}
+
+fn filter_list(field: &str, v: Option<Vec<String>>) -> Result<Option<Vec<String>>, ApiError> {
+    Ok(match v {
+        None => None,
+        Some(list) => validate_list(field, list)?,
+    })
+}
+
+/// Create a webhook. The answer holds the secret: it is never shown again.
+#[utoipa::path(post, path = "/api/v1/user-webhooks", tag = "webhooks", request_body = WebhookIn,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "Created; `secret` is shown only now", body = WebhookOut),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "Tier limit reached; the message names the tier needed", body = ErrorBody),
+        (status = 422, description = "Invalid field; the message names it", body = ErrorBody)))]
+pub async fn create_webhook(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiJson(body): ApiJson<WebhookIn>,
+) -> Result<(StatusCode, Json<WebhookOut>), ApiError> {
+    let new = NewWebhook {
+        name: validate_name(&body.name)?,
+        url: WebhookUrl::parse(&body.url, state.config.allow_http)?,
+        filters: Filters {
+            min_amount_usd: body.min_amount_usd.map(validate_min_amount).transpose()?,
+            chains: filter_list("chains", body.chains)?,
+            protocols: filter_list("protocols", body.protocols)?,
+            categories: filter_list("categories", body.categories)?,
+        },
+        is_active: body.is_active.unwrap_or(true),
+        secret: generate_webhook_secret(),
+    };
+    if user.tier.max_webhooks() == 0 {
+        return Err(ApiError::TierLimit(user.tier.limit_message()));
+    }
+    let webhook = state.store.create_webhook(user.id, user.tier, &new).await?;
+    tracing::info!(
+        webhook_id = webhook.id,
+        user_id = user.id,
+        "webhook created"
+    );
+    let mut out = WebhookOut::from_webhook(webhook);
+    out.secret = Some(new.secret);
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// List your webhooks.
+#[utoipa::path(get, path = "/api/v1/user-webhooks", tag = "webhooks", security(("api_key" = [])),
+    responses((status = 200, body = WebhookList), (status = 401, body = ErrorBody)))]
+pub async fn list_webhooks(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<WebhookList>, ApiError> {
+    let webhooks: Vec<WebhookOut> = state
+        .store
+        .list_webhooks(user.id)
+        .await?
+        .into_iter()
+        .map(WebhookOut::from_webhook)
+        .collect();
+    Ok(Json(WebhookList {
+        total: webhooks.len(),
+        webhooks,
+    }))
+}
+
+/// One webhook with its delivery health.
+#[utoipa::path(get, path = "/api/v1/user-webhooks/{id}", tag = "webhooks", security(("api_key" = [])),
+    params(("id" = i64, Path, description = "Webhook id")),
+    responses((status = 200, body = WebhookOut), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_webhook(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookOut>, ApiError> {
+    let id = parse_id(&id)?;
+    let webhook = state
+        .store
+        .get_webhook(user.id, id)
+        .await
+        .map_err(webhook_not_found)?;
+    let health = state.store.webhook_health(id, now_ms()).await?;
+    let mut out = WebhookOut::from_webhook(webhook);
+    out.health = Some(health.into());
+    Ok(Json(out))
+}
+
+/// Change a webhook: absent fields stay, `null` clears a filter.
+#[utoipa::path(patch, path = "/api/v1/user-webhooks/{id}", tag = "webhooks", request_body = WebhookPatchIn,
+    security(("api_key" = [])), params(("id" = i64, Path, description = "Webhook id")),
+    responses((status = 200, body = WebhookOut), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update_webhook(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<WebhookPatchIn>,
+) -> Result<Json<WebhookOut>, ApiError> {
+    let id = parse_id(&id)?;
+    let required = |field: &str| ApiError::validation(field, "cannot be null");
+    let patch = WebhookPatch {
+        name: match body.name {
+            None => None,
+            Some(None) => return Err(required("name")),
+            Some(Some(n)) => Some(validate_name(&n)?),
+        },
+        url: match body.url {
+            None => None,
+            Some(None) => return Err(required("url")),
+            Some(Some(u)) => Some(WebhookUrl::parse(&u, state.config.allow_http)?),
+        },
+        is_active: match body.is_active {
+            None => None,
+            Some(None) => return Err(required("is_active")),
+            Some(v) => v,
+        },
+        min_amount_usd: body
+            .min_amount_usd
+            .map(|v| v.map(validate_min_amount).transpose())
+            .transpose()?,
+        chains: body.chains.map(|v| filter_list("chains", v)).transpose()?,
+        protocols: body
+            .protocols
+            .map(|v| filter_list("protocols", v))
+            .transpose()?,
+        categories: body
+            .categories
+            .map(|v| filter_list("categories", v))
+            .transpose()?,
+    };
+    let webhook = state
+        .store
+        .update_webhook(user.id, id, &patch)
+        .await
+        .map_err(webhook_not_found)?;
+    Ok(Json(WebhookOut::from_webhook(webhook)))
+}
+
+/// Delete a webhook; its queued deliveries stop.
+#[utoipa::path(delete, path = "/api/v1/user-webhooks/{id}", tag = "webhooks", security(("api_key" = [])),
+    params(("id" = i64, Path, description = "Webhook id")),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_webhook(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    state
+        .store
+        .delete_webhook(user.id, id)
+        .await
+        .map_err(webhook_not_found)?;
+    tracing::info!(webhook_id = id, user_id = user.id, "webhook deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replace the signing secret; the old one stops at once, queued retries included.
+#[utoipa::path(post, path = "/api/v1/user-webhooks/{id}/regenerate-secret", tag = "webhooks",
+    security(("api_key" = [])), params(("id" = i64, Path, description = "Webhook id")),
+    responses((status = 200, body = SecretOut), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn regenerate_secret(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<SecretOut>, ApiError> {
+    let id = parse_id(&id)?;
+    let secret = generate_webhook_secret();
+    state
+        .store
+        .set_webhook_secret(user.id, id, &secret)
+        .await
+        .map_err(webhook_not_found)?;
+    tracing::info!(
+        webhook_id = id,
+        user_id = user.id,
+        "webhook secret regenerated"
+    );
+    Ok(Json(SecretOut { secret }))
+}
+
+/// A webhook's deliveries, newest first.
+#[utoipa::path(get, path = "/api/v1/user-webhooks/{id}/deliveries", tag = "deliveries",
+    security(("api_key" = [])), params(("id" = i64, Path, description = "Webhook id"), DeliveryQuery),
+    responses((status = 200, body = DeliveryPage), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+    Query(q): Query<DeliveryQuery>,
+) -> Result<Json<DeliveryPage>, ApiError> {
+    let id = parse_id(&id)?;
+    let page = parse_bounded("page", q.page.as_deref(), 1, 1, u32::MAX / 128)?;
+    let page_size = parse_bounded("page_size", q.page_size.as_deref(), 50, 1, 100)?;
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
+            ApiError::validation("status", "must be pending, succeeded or failed")
+        })?),
+    };
+    state
+        .store
+        .get_webhook(user.id, id)
+        .await
+        .map_err(webhook_not_found)?;
+    let (deliveries, total) = state
+        .store
+        .list_deliveries(id, status, Page { page, page_size })
+        .await?;
+    Ok(Json(DeliveryPage {
+        deliveries: deliveries.into_iter().map(DeliveryOut::from).collect(),
+        total,
+        page,
+        page_size,
+    }))
+}
+
+/// Ids that are not numbers cannot name a webhook: 404, like any unknown id.
+pub fn parse_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or(ApiError::NotFound("webhook"))
+}
+
+fn parse_bounded(
+    field: &str,
+    raw: Option<&str>,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, ApiError> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok(default);
+    };
+    raw.parse::<u32>()
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| {
+            ApiError::validation(field, format!("must be an integer from {min} to {max}"))
+        })
+}

@@ -1,0 +1,12 @@
+//! kamiyo-webhooks: signed, retried and logged webhook delivery of crypto exploit alerts.
+//!
+//! The library holds all logic; `main.rs` only parses the command line. Imports point one
+//! way: `api` and `delivery` use `domain` and `store`; `domain` imports nothing of ours.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

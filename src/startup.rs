@@ -1,0 +1,82 @@
+//! Building and running the service from a `Config`: tests and `serve` share this path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+pub use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::store::{self, Store};
+
+pub struct Application {
+    state: AppState,
+    listener: Option<TcpListener>,
+    port: u16,
+}
+
+impl Application {
+    /// Opens (and migrates) the database and binds the listen address.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        config.validate()?;
+        let store = store::open(&config.database_url).await?;
+        store.migrate().await?;
+        let (listener, port) = if config.role.runs_api() {
+            let addr: SocketAddr = config.listen.parse()?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            let port = listener.local_addr()?.port();
+            (Some(listener), port)
+        } else {
+            (None, 0)
+        };
+        let state = AppState {
+            store,
+            config: Arc::new(config),
+            wake: Arc::new(Notify::new()),
+        };
+        Ok(Application {
+            state,
+            listener,
+            port,
+        })
+    }
+
+    /// The bound API port (0 when this process runs no API).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.state.store.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            state, listener, ..
+        } = self;
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(listener) = listener {
+            let app = api::app(state.clone());
+            let stop = shutdown.clone();
+            tracing::info!(address = %listener.local_addr()?, "API listening");
+            tasks.spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+                    .map_err(anyhow::Error::from)
+            });
+        }
+        if tasks.is_empty() {
+            shutdown.cancelled().await;
+        }
+        while let Some(res) = tasks.join_next().await {
+            res??;
+        }
+        Ok(())
+    }
+}

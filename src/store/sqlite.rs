@@ -1,0 +1,519 @@
+//! SQLite store: one file in WAL mode. Writes go through a single connection so they
+//! queue in this process instead of failing with SQLITE_BUSY; reads use a small pool.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::*;
+use crate::domain::filter::Filters;
+use crate::domain::time::now_ms;
+
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_CONNECTIONS: u32 = 8;
+/// SQLite allows 32766 bound parameters per statement; deliveries bind 5 each.
+const DELIVERY_ROWS_PER_INSERT: usize = 500;
+
+const WEBHOOK_COLUMNS: &str =
+    "id, user_id, name, url, min_amount_usd, chains, protocols, categories, \
+     is_active, secret, disabled_reason, created_at, updated_at";
+
+const DELIVERY_COLUMNS: &str =
+    "id, webhook_id, exploit_id, event, status, attempts, next_attempt_at, \
+     created_at, sent_at, delivered_at, status_code, latency_ms, error";
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> StoreResult<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an acknowledged ingest survives a power cut, not only a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { read, write })
+    }
+}
+
+fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
+    let tier: String = row.try_get("tier")?;
+    Ok(User {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        tier: tier.parse().map_err(StoreError::Corrupt)?,
+        created_at_ms: row.try_get("created_at")?,
+    })
+}
+
+fn webhook_from_row(row: &SqliteRow) -> StoreResult<Webhook> {
+    Ok(Webhook {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        name: row.try_get("name")?,
+        url: row.try_get("url")?,
+        filters: filters_from_row(row)?,
+        is_active: row.try_get("is_active")?,
+        secret: row.try_get("secret")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+    })
+}
+
+fn filters_from_row(row: &SqliteRow) -> StoreResult<Filters> {
+    Ok(Filters {
+        min_amount_usd: row.try_get("min_amount_usd")?,
+        chains: decode_list(row.try_get("chains")?)?,
+        protocols: decode_list(row.try_get("protocols")?)?,
+        categories: decode_list(row.try_get("categories")?)?,
+    })
+}
+
+fn delivery_from_row(row: &SqliteRow) -> StoreResult<DeliveryRecord> {
+    let status: String = row.try_get("status")?;
+    Ok(DeliveryRecord {
+        id: row.try_get("id")?,
+        webhook_id: row.try_get("webhook_id")?,
+        exploit_id: row.try_get("exploit_id")?,
+        event: row.try_get("event")?,
+        status: DeliveryStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status:?}")))?,
+        attempts: row.try_get("attempts")?,
+        next_attempt_at_ms: row.try_get("next_attempt_at")?,
+        created_at_ms: row.try_get("created_at")?,
+        sent_at_ms: row.try_get("sent_at")?,
+        delivered_at_ms: row.try_get("delivered_at")?,
+        status_code: row.try_get("status_code")?,
+        latency_ms: row.try_get("latency_ms")?,
+        error: row.try_get("error")?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, name: &str, tier: Tier, key_hash: &str) -> StoreResult<User> {
+        let now = now_ms();
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO users (name, tier, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+        )
+        .bind(name)
+        .bind(tier.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO api_keys (user_id, key_hash, created_at) VALUES (?1, ?2, ?3)")
+            .bind(id)
+            .bind(key_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(User {
+            id,
+            name: name.to_string(),
+            tier,
+            created_at_ms: now,
+        })
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<User>> {
+        sqlx::query("SELECT id, name, tier, created_at FROM users ORDER BY id")
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(user_from_row)
+            .collect()
+    }
+
+    async fn get_user(&self, id: i64) -> StoreResult<User> {
+        let row = sqlx::query("SELECT id, name, tier, created_at FROM users WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        user_from_row(&row)
+    }
+
+    async fn update_user(
+        &self,
+        id: i64,
+        name: Option<&str>,
+        tier: Option<Tier>,
+    ) -> StoreResult<User> {
+        let row = sqlx::query(
+            "UPDATE users SET name = COALESCE(?2, name), tier = COALESCE(?3, tier) WHERE id = ?1 \
+             RETURNING id, name, tier, created_at",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(tier.map(Tier::as_str))
+        .fetch_optional(&self.write)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        user_from_row(&row)
+    }
+
+    async fn add_api_key(&self, user_id: i64, key_hash: &str) -> StoreResult<()> {
+        let done = sqlx::query(
+            "INSERT INTO api_keys (user_id, key_hash, created_at) \
+             SELECT id, ?2, ?3 FROM users WHERE id = ?1",
+        )
+        .bind(user_id)
+        .bind(key_hash)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn revoke_api_key(&self, key_hash: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = ?2 WHERE key_hash = ?1 AND revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn user_by_api_key(&self, key_hash: &str) -> StoreResult<Option<User>> {
+        let row = sqlx::query(
+            "SELECT u.id, u.name, u.tier, u.created_at FROM api_keys k JOIN users u ON u.id = k.user_id \
+             WHERE k.key_hash = ?1 AND k.revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn create_webhook(
+        &self,
+        user_id: i64,
+        tier: Tier,
+        new: &NewWebhook,
+    ) -> StoreResult<Webhook> {
+        let now = now_ms();
+        // One statement: the count and the insert cannot interleave with another create.
+        let sql = format!(
+            "INSERT INTO webhooks (user_id, name, url, min_amount_usd, chains, protocols, categories, \
+             is_active, secret, created_at, updated_at) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10 \
+             WHERE (SELECT COUNT(*) FROM webhooks WHERE user_id = ?1 AND deleted_at IS NULL) < ?11 \
+             RETURNING {WEBHOOK_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(user_id)
+            .bind(&new.name)
+            .bind(new.url.as_str())
+            .bind(new.filters.min_amount_usd)
+            .bind(encode_list(&new.filters.chains))
+            .bind(encode_list(&new.filters.protocols))
+            .bind(encode_list(&new.filters.categories))
+            .bind(new.is_active)
+            .bind(&new.secret)
+            .bind(now)
+            .bind(i64::from(tier.max_webhooks()))
+            .fetch_optional(&self.write)
+            .await?
+            .ok_or(StoreError::LimitReached(tier))?;
+        webhook_from_row(&row)
+    }
+
+    async fn list_webhooks(&self, user_id: i64) -> StoreResult<Vec<Webhook>> {
+        let sql = format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE user_id = ?1 AND deleted_at IS NULL ORDER BY id"
+        );
+        sqlx::query(&sql)
+            .bind(user_id)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(webhook_from_row)
+            .collect()
+    }
+
+    async fn get_webhook(&self, user_id: i64, id: i64) -> StoreResult<Webhook> {
+        let sql = format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1 AND user_id = ?2 AND deleted_at IS NULL"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        webhook_from_row(&row)
+    }
+
+    async fn update_webhook(
+        &self,
+        user_id: i64,
+        id: i64,
+        patch: &WebhookPatch,
+    ) -> StoreResult<Webhook> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let sql = format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1 AND user_id = ?2 AND deleted_at IS NULL"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let mut w = webhook_from_row(&row)?;
+        patch.apply_to(&mut w);
+        w.updated_at_ms = now_ms();
+        sqlx::query(
+            "UPDATE webhooks SET name = ?2, url = ?3, min_amount_usd = ?4, chains = ?5, protocols = ?6, \
+             categories = ?7, is_active = ?8, disabled_reason = ?9, updated_at = ?10 WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(&w.name)
+        .bind(&w.url)
+        .bind(w.filters.min_amount_usd)
+        .bind(encode_list(&w.filters.chains))
+        .bind(encode_list(&w.filters.protocols))
+        .bind(encode_list(&w.filters.categories))
+        .bind(w.is_active)
+        .bind(&w.disabled_reason)
+        .bind(w.updated_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(w)
+    }
+
+    async fn delete_webhook(&self, user_id: i64, id: i64) -> StoreResult<()> {
+        let now = now_ms();
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let done = sqlx::query(
+            "UPDATE webhooks SET deleted_at = ?3, is_active = 0, updated_at = ?3 \
+             WHERE id = ?1 AND user_id = ?2 AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query(
+            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
+             error = 'webhook deleted' WHERE webhook_id = ?1 AND status = 'pending'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_webhook_secret(&self, user_id: i64, id: i64, secret: &str) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE webhooks SET secret = ?3, updated_at = ?4 \
+             WHERE id = ?1 AND user_id = ?2 AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(secret)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn ingest_exploits(&self, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>> {
+        let now = now_ms();
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let mut targets = Vec::new();
+        for row in sqlx::query(
+            "SELECT id, min_amount_usd, chains, protocols, categories FROM webhooks \
+             WHERE deleted_at IS NULL AND is_active = 1",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            targets.push((row.try_get::<i64, _>("id")?, filters_from_row(&row)?));
+        }
+
+        let mut outcomes = Vec::with_capacity(exploits.len());
+        let mut pending: Vec<(i64, i64)> = Vec::new();
+        for e in exploits {
+            let key = exploit_dedup_key(&e.chain, &e.tx_hash);
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO exploits (dedup_key, tx_hash, chain, protocol, amount_usd, timestamp, \
+                 source, source_url, category, description, detected_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                 ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+            )
+            .bind(&key)
+            .bind(&e.tx_hash)
+            .bind(&e.chain)
+            .bind(&e.protocol)
+            .bind(e.amount_usd)
+            .bind(e.timestamp_ms)
+            .bind(&e.source)
+            .bind(&e.source_url)
+            .bind(&e.category)
+            .bind(&e.description)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(id) = inserted else {
+                let id: i64 = sqlx::query_scalar("SELECT id FROM exploits WHERE dedup_key = ?1")
+                    .bind(&key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                outcomes.push(IngestOutcome {
+                    id,
+                    duplicate: true,
+                    matched: 0,
+                });
+                continue;
+            };
+            let facts = e.facts();
+            let mut matched = 0;
+            for (webhook_id, filters) in &targets {
+                if filters.matches(&facts) {
+                    pending.push((*webhook_id, id));
+                    matched += 1;
+                }
+            }
+            outcomes.push(IngestOutcome {
+                id,
+                duplicate: false,
+                matched,
+            });
+        }
+        for chunk in pending.chunks(DELIVERY_ROWS_PER_INSERT) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO deliveries (webhook_id, exploit_id, event, status, next_attempt_at, created_at) ",
+            );
+            qb.push_values(chunk, |mut b, (webhook_id, exploit_id)| {
+                b.push_bind(*webhook_id)
+                    .push_bind(*exploit_id)
+                    .push_bind(crate::domain::payload::EVENT_EXPLOIT_DETECTED)
+                    .push("'pending'")
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn webhook_health(&self, webhook_id: i64, now_ms: i64) -> StoreResult<HealthFigures> {
+        let since = now_ms - 24 * 3_600_000;
+        let row = sqlx::query(
+            "SELECT \
+               COUNT(*) FILTER (WHERE d.status = 'succeeded' AND d.last_attempt_at >= ?2) AS ok_24h, \
+               COUNT(*) FILTER (WHERE d.status = 'failed' AND d.last_attempt_at >= ?2) AS failed_24h, \
+               COUNT(*) FILTER (WHERE d.status = 'succeeded') AS ok_all, \
+               COUNT(*) FILTER (WHERE d.status = 'failed') AS failed_all, \
+               AVG(d.latency_ms) FILTER (WHERE d.last_attempt_at >= ?2) AS latency_24h \
+             FROM deliveries d WHERE d.webhook_id = ?1 AND d.status <> 'pending'",
+        )
+        .bind(webhook_id)
+        .bind(since)
+        .fetch_one(&self.read)
+        .await?;
+        let w = sqlx::query(
+            "SELECT consecutive_failures, last_success_at, last_failure_at, last_error \
+             FROM webhooks WHERE id = ?1",
+        )
+        .bind(webhook_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        Ok(HealthFigures {
+            succeeded_24h: row.try_get::<i64, _>("ok_24h")? as u64,
+            failed_24h: row.try_get::<i64, _>("failed_24h")? as u64,
+            succeeded_all: row.try_get::<i64, _>("ok_all")? as u64,
+            failed_all: row.try_get::<i64, _>("failed_all")? as u64,
+            mean_latency_ms_24h: row.try_get("latency_24h")?,
+            consecutive_failures: w.try_get::<i64, _>("consecutive_failures")? as u64,
+            last_success_at_ms: w.try_get("last_success_at")?,
+            last_failure_at_ms: w.try_get("last_failure_at")?,
+            last_error: w.try_get("last_error")?,
+        })
+    }
+
+    async fn list_deliveries(
+        &self,
+        webhook_id: i64,
+        status: Option<DeliveryStatus>,
+        page: Page,
+    ) -> StoreResult<(Vec<DeliveryRecord>, u64)> {
+        let status = status.map(DeliveryStatus::as_str);
+        let offset = i64::from(page.page.saturating_sub(1)) * i64::from(page.page_size);
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE webhook_id = ?1 AND (?2 IS NULL OR status = ?2) \
+             ORDER BY id DESC LIMIT ?3 OFFSET ?4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(webhook_id)
+            .bind(status)
+            .bind(i64::from(page.page_size))
+            .bind(offset)
+            .fetch_all(&self.read)
+            .await?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND (?2 IS NULL OR status = ?2)",
+        )
+        .bind(webhook_id)
+        .bind(status)
+        .fetch_one(&self.read)
+        .await?;
+        let deliveries = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<StoreResult<_>>()?;
+        Ok((deliveries, total as u64))
+    }
+}
