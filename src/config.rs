@@ -70,6 +70,12 @@ pub struct Config {
     pub max_in_flight_per_endpoint: usize,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// How long a worker's claim on a delivery lasts; a crashed worker's claims are taken
+    /// over once it runs out.
+    pub lease: Duration,
+    /// Fallback poll for deliveries queued by other processes (in-process ingests wake
+    /// the workers at once).
+    pub poll_interval: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -95,6 +101,8 @@ impl std::fmt::Debug for Config {
                 &self.max_in_flight_per_endpoint,
             )
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("lease", &self.lease)
+            .field("poll_interval", &self.poll_interval)
             .finish()
     }
 }
@@ -131,6 +139,8 @@ impl Default for Config {
             max_in_flight: 256,
             max_in_flight_per_endpoint: 16,
             max_body_bytes: 1024 * 1024,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
         }
     }
 }
@@ -185,6 +195,13 @@ impl Config {
             c.max_body_bytes =
                 parse_positive(&v).map_err(|m| config_error("KAMIYO_MAX_BODY_BYTES", m))?;
         }
+        if let Some(v) = get("KAMIYO_LEASE") {
+            c.lease = parse_duration(&v).map_err(|m| config_error("KAMIYO_LEASE", m))?;
+        }
+        if let Some(v) = get("KAMIYO_POLL_INTERVAL") {
+            c.poll_interval =
+                parse_duration(&v).map_err(|m| config_error("KAMIYO_POLL_INTERVAL", m))?;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -213,6 +230,18 @@ impl Config {
                     "must be at least 16 characters",
                 ));
             }
+        }
+        if self.lease <= self.delivery_timeout {
+            return Err(config_error(
+                "KAMIYO_LEASE",
+                "must be longer than KAMIYO_DELIVERY_TIMEOUT, or attempts in flight would be taken over",
+            ));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(config_error(
+                "KAMIYO_POLL_INTERVAL",
+                "must be greater than zero",
+            ));
         }
         if self.delivery_timeout.is_zero() {
             return Err(config_error(

@@ -6,7 +6,9 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod domain;
+pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -9,6 +9,7 @@ pub use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::delivery::{Dispatcher, Sender};
 use crate::store::{self, Store};
 
 pub struct Application {
@@ -33,10 +34,13 @@ impl Application {
         } else {
             (None, 0)
         };
+        let sender = Arc::new(Sender::new(&config)?);
+        crate::metrics::handle();
         let state = AppState {
             store,
             config: Arc::new(config),
             wake: Arc::new(Notify::new()),
+            sender,
         };
         Ok(Application {
             state,
@@ -69,6 +73,24 @@ impl Application {
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await
                     .map_err(anyhow::Error::from)
+            });
+        }
+        if state.config.role.runs_workers() {
+            if state.store.single_process() {
+                // Only this process uses the database: claims left in it are a dead
+                // process's, and waiting out their lease would only delay delivery.
+                state.store.release_all_claims().await?;
+            }
+            let dispatcher = Dispatcher::new(
+                state.store.clone(),
+                state.sender.clone(),
+                state.config.clone(),
+                state.wake.clone(),
+            );
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                dispatcher.run(stop).await;
+                Ok(())
             });
         }
         if tasks.is_empty() {

@@ -67,6 +67,8 @@ CREATE TABLE deliveries (
     payload         TEXT,
     status          TEXT    NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
     attempts        INTEGER NOT NULL DEFAULT 0,
+    -- Attempts made before the latest manual retry: the retry schedule restarts there.
+    schedule_base   INTEGER NOT NULL DEFAULT 0,
     -- When the next attempt is due; NULL once the delivery is finished.
     next_attempt_at INTEGER,
     -- A worker's claim: nobody else attempts the delivery before this time.
@@ -83,3 +85,18 @@ CREATE INDEX deliveries_by_webhook ON deliveries (webhook_id, id);
 CREATE INDEX deliveries_by_webhook_status ON deliveries (webhook_id, status, id);
 CREATE INDEX deliveries_finished ON deliveries (webhook_id, last_attempt_at) WHERE status <> 'pending';
 CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+
+CREATE TABLE delivery_attempts (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id   INTEGER NOT NULL REFERENCES deliveries (id),
+    attempt       INTEGER NOT NULL,
+    started_at    INTEGER NOT NULL,
+    status_code   INTEGER,
+    latency_ms    INTEGER NOT NULL,
+    -- timeout, connect, tls, http_status, redirect, gone, blocked_address, request
+    error_kind    TEXT,
+    error         TEXT,
+    -- The first 1 KiB of the endpoint's answer.
+    response_body TEXT
+);
+CREATE INDEX delivery_attempts_by_delivery ON delivery_attempts (delivery_id, attempt);

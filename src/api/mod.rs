@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
+use crate::delivery::Sender;
 use crate::store::Store;
 use error::ApiError;
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Woken when new deliveries are queued, so workers start without polling delay.
     pub wake: Arc<Notify>,
+    /// The outbound client, for test calls made from the API.
+    pub sender: Arc<Sender>,
 }
 
 impl AppState {
@@ -58,6 +61,9 @@ Every error has the shape `{\"error\":{\"code\":\"...\",\"message\":\"...\"}}`."
         webhooks::delete_webhook,
         webhooks::regenerate_secret,
         webhooks::list_deliveries,
+        webhooks::get_delivery,
+        webhooks::retry_delivery,
+        webhooks::test_webhook,
         exploits::ingest,
         admin::create_user,
         admin::list_users,

@@ -10,12 +10,18 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, AuthUser};
 use super::AppState;
+use crate::delivery::client::Outgoing;
+use crate::delivery::dispatcher::{attempt_record, verdict};
+use crate::delivery::policy::decide;
 use crate::domain::filter::{validate_list, validate_min_amount, Filters};
 use crate::domain::health::HealthFigures;
+use crate::domain::payload::{encode_event, sample_exploit, EVENT_WEBHOOK_TEST};
 use crate::domain::secret::{generate_webhook_secret, secret_hint};
 use crate::domain::time::{format_ms, now_ms};
 use crate::domain::webhook::{validate_name, NewWebhook, Webhook, WebhookPatch, WebhookUrl};
-use crate::store::{DeliveryRecord, DeliveryStatus, Page, StoreError};
+use crate::store::{
+    AttemptLog, AttemptResult, ClaimedDelivery, DeliveryRecord, DeliveryStatus, Page, StoreError,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -37,6 +43,15 @@ pub fn router() -> Router<AppState> {
             "/api/v1/user-webhooks/{id}/deliveries",
             get(list_deliveries),
         )
+        .route(
+            "/api/v1/user-webhooks/{id}/deliveries/{delivery_id}",
+            get(get_delivery),
+        )
+        .route(
+            "/api/v1/user-webhooks/{id}/deliveries/{delivery_id}/retry",
+            post(retry_delivery),
+        )
+        .route("/api/v1/user-webhooks/{id}/test", post(test_webhook))
 }
 
 /// A webhook to create.
@@ -500,4 +515,188 @@ fn parse_bounded(
         .ok_or_else(|| {
             ApiError::validation(field, format!("must be an integer from {min} to {max}"))
         })
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptOut {
+    pub attempt: i64,
+    pub started_at: String,
+    /// Null on a timeout or connection error.
+    pub status_code: Option<i64>,
+    pub latency_ms: i64,
+    /// Null on success; otherwise timeout, connect, tls, http_status, redirect, gone,
+    /// blocked_address or request.
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    /// The first 1 KiB of the endpoint's answer.
+    pub response_body: Option<String>,
+}
+
+impl From<AttemptLog> for AttemptOut {
+    fn from(a: AttemptLog) -> Self {
+        AttemptOut {
+            attempt: a.attempt,
+            started_at: format_ms(a.started_at_ms),
+            status_code: a.status_code,
+            latency_ms: a.latency_ms,
+            error_kind: a.error_kind,
+            error: a.error,
+            response_body: a.response_body,
+        }
+    }
+}
+
+/// A delivery with the exact body sent and every attempt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryDetailOut {
+    #[serde(flatten)]
+    pub delivery: DeliveryOut,
+    /// The exact request body, as signed.
+    pub payload: String,
+    pub attempt_log: Vec<AttemptOut>,
+}
+
+fn delivery_not_found(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::NotFound("delivery"),
+        other => other.into(),
+    }
+}
+
+/// One delivery with the body sent and all its attempts.
+#[utoipa::path(get, path = "/api/v1/user-webhooks/{id}/deliveries/{delivery_id}", tag = "deliveries",
+    security(("api_key" = [])),
+    params(("id" = i64, Path, description = "Webhook id"), ("delivery_id" = i64, Path, description = "Delivery id")),
+    responses((status = 200, body = DeliveryDetailOut), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_delivery(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path((id, delivery_id)): Path<(String, String)>,
+) -> Result<Json<DeliveryDetailOut>, ApiError> {
+    let id = parse_id(&id)?;
+    state
+        .store
+        .get_webhook(user.id, id)
+        .await
+        .map_err(webhook_not_found)?;
+    let delivery_id = parse_id(&delivery_id).map_err(|_| ApiError::NotFound("delivery"))?;
+    let detail = state
+        .store
+        .delivery_detail(id, delivery_id)
+        .await
+        .map_err(delivery_not_found)?;
+    Ok(Json(DeliveryDetailOut {
+        delivery: detail.delivery.into(),
+        payload: detail.payload,
+        attempt_log: detail.attempts.into_iter().map(AttemptOut::from).collect(),
+    }))
+}
+
+/// Send a delivery again now (same delivery id), with a fresh retry schedule.
+#[utoipa::path(post, path = "/api/v1/user-webhooks/{id}/deliveries/{delivery_id}/retry", tag = "deliveries",
+    security(("api_key" = [])),
+    params(("id" = i64, Path, description = "Webhook id"), ("delivery_id" = i64, Path, description = "Delivery id")),
+    responses((status = 202, description = "Queued", body = DeliveryOut), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, description = "The webhook is inactive", body = ErrorBody)))]
+pub async fn retry_delivery(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path((id, delivery_id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<DeliveryOut>), ApiError> {
+    let id = parse_id(&id)?;
+    let webhook = state
+        .store
+        .get_webhook(user.id, id)
+        .await
+        .map_err(webhook_not_found)?;
+    let delivery_id = parse_id(&delivery_id).map_err(|_| ApiError::NotFound("delivery"))?;
+    if !webhook.is_active {
+        return Err(ApiError::validation(
+            "is_active",
+            "the webhook is inactive; activate it before retrying deliveries",
+        ));
+    }
+    let record = state
+        .store
+        .requeue_delivery(id, delivery_id, now_ms())
+        .await
+        .map_err(delivery_not_found)?;
+    state.wake_workers();
+    Ok((StatusCode::ACCEPTED, Json(record.into())))
+}
+
+/// The answer of a test call.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestOut {
+    /// `success` or `failed`.
+    pub status: &'static str,
+    /// Null on a timeout or connection error.
+    pub status_code: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+    /// The test delivery, in the webhook's delivery log.
+    pub delivery_id: i64,
+}
+
+/// Send one `webhook.test` event now and report how the endpoint answered.
+#[utoipa::path(post, path = "/api/v1/user-webhooks/{id}/test", tag = "webhooks", security(("api_key" = [])),
+    params(("id" = i64, Path, description = "Webhook id")),
+    responses((status = 200, body = TestOut), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn test_webhook(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<TestOut>, ApiError> {
+    let id = parse_id(&id)?;
+    let webhook = state
+        .store
+        .get_webhook(user.id, id)
+        .await
+        .map_err(webhook_not_found)?;
+    let now = now_ms();
+    let body = encode_event(EVENT_WEBHOOK_TEST, &sample_exploit(now));
+    let lease_until = now + state.config.lease.as_millis() as i64;
+    let delivery_id = state
+        .store
+        .create_test_delivery(id, &body, now, lease_until)
+        .await?;
+    let claimed = ClaimedDelivery {
+        id: delivery_id,
+        webhook_id: id,
+        url: webhook.url,
+        secret: webhook.secret,
+        event: EVENT_WEBHOOK_TEST.to_string(),
+        body,
+        attempt: 1,
+        round_attempt: 1,
+    };
+    let outcome = state
+        .sender
+        .send(&Outgoing {
+            url: &claimed.url,
+            secret: &claimed.secret,
+            event: &claimed.event,
+            delivery_id,
+            body: &claimed.body,
+        })
+        .await;
+    // A test is sent once: no retries, whatever the schedule.
+    let result = decide(&[], 1, verdict(&outcome), now_ms());
+    let answer = TestOut {
+        status: if result == AttemptResult::Succeeded {
+            "success"
+        } else {
+            "failed"
+        },
+        status_code: outcome.status_code,
+        latency_ms: outcome.latency_ms,
+        error: outcome.error.clone(),
+        delivery_id,
+    };
+    state
+        .store
+        .record_attempts(&[attempt_record(&claimed, now, outcome, result)])
+        .await?;
+    Ok(Json(answer))
 }

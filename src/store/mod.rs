@@ -92,6 +92,69 @@ pub struct DeliveryRecord {
     pub error: Option<String>,
 }
 
+/// A delivery claimed by a worker, with everything needed to send it.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: i64,
+    pub webhook_id: i64,
+    pub url: String,
+    /// The webhook's secret now: signing happens at send time.
+    pub secret: String,
+    pub event: String,
+    pub body: String,
+    /// The number of this attempt, 1-based, over the delivery's whole life.
+    pub attempt: i64,
+    /// The number of this attempt since the schedule last (re)started, 1-based.
+    pub round_attempt: i64,
+}
+
+/// How an attempt ended, as decided by the retry policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    Succeeded,
+    /// Failed; try again at this time (ms).
+    RetryAt(i64),
+    /// Failed, and that was the last attempt.
+    Failed,
+    /// The endpoint answered 410 Gone: the delivery fails and the webhook is deactivated.
+    Gone,
+}
+
+/// One finished attempt, to be recorded.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub delivery_id: i64,
+    pub webhook_id: i64,
+    pub attempt: i64,
+    pub started_at_ms: i64,
+    pub latency_ms: i64,
+    pub status_code: Option<i64>,
+    pub error_kind: Option<&'static str>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+    pub result: AttemptResult,
+}
+
+/// One attempt as the delivery log shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptLog {
+    pub attempt: i64,
+    pub started_at_ms: i64,
+    pub status_code: Option<i64>,
+    pub latency_ms: i64,
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+}
+
+/// A delivery with its body and every attempt.
+#[derive(Debug, Clone)]
+pub struct DeliveryDetail {
+    pub delivery: DeliveryRecord,
+    pub payload: String,
+    pub attempts: Vec<AttemptLog>,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Page {
     /// 1-based.
@@ -106,6 +169,9 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> StoreResult<()>;
     /// Succeeds when the database answers.
     async fn ping(&self) -> StoreResult<()>;
+    /// True when only one process may use this database, so every claim found at start
+    /// belongs to a process that is gone.
+    fn single_process(&self) -> bool;
 
     async fn create_user(&self, name: &str, tier: Tier, key_hash: &str) -> StoreResult<User>;
     async fn list_users(&self) -> StoreResult<Vec<User>>;
@@ -148,6 +214,57 @@ pub trait Store: Send + Sync + 'static {
 
     /// The webhook's delivery figures for its health report.
     async fn webhook_health(&self, webhook_id: i64, now_ms: i64) -> StoreResult<HealthFigures>;
+
+    /// Claims up to `limit` due deliveries until `lease_until`, at most `per_endpoint` per
+    /// webhook and none of the webhooks in `busy`. Deliveries of webhooks that are no
+    /// longer active are finished as failed instead.
+    async fn claim_due_deliveries(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+        per_endpoint: usize,
+        busy: &[i64],
+    ) -> StoreResult<Vec<ClaimedDelivery>>;
+
+    /// When the earliest pending delivery outside `busy` becomes claimable, if any.
+    async fn next_claimable_at(&self, now_ms: i64, busy: &[i64]) -> StoreResult<Option<i64>>;
+
+    /// Gives claims back without an attempt (e.g. on shutdown before sending).
+    async fn release_claims(&self, delivery_ids: &[i64]) -> StoreResult<()>;
+
+    /// Forgets every claim: only for a backend that one process owns alone, at its start.
+    async fn release_all_claims(&self) -> StoreResult<()>;
+
+    /// Records finished attempts and their consequences, in one transaction.
+    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()>;
+
+    /// Pending deliveries, for the queue-depth gauge.
+    async fn queue_depth(&self) -> StoreResult<i64>;
+
+    /// A delivery of `webhook_id` with its body and attempts.
+    async fn delivery_detail(
+        &self,
+        webhook_id: i64,
+        delivery_id: i64,
+    ) -> StoreResult<DeliveryDetail>;
+
+    /// Queues a delivery again now, restarting its retry schedule.
+    async fn requeue_delivery(
+        &self,
+        webhook_id: i64,
+        delivery_id: i64,
+        now_ms: i64,
+    ) -> StoreResult<DeliveryRecord>;
+
+    /// Records a test delivery, already claimed by the caller who sends it.
+    async fn create_test_delivery(
+        &self,
+        webhook_id: i64,
+        payload: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> StoreResult<i64>;
 
     /// One page of a webhook's deliveries, newest first, and the total count.
     async fn list_deliveries(

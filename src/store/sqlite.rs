@@ -12,7 +12,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::*;
+use crate::domain::exploit::Exploit;
 use crate::domain::filter::Filters;
+use crate::domain::payload::encode_event;
 use crate::domain::time::now_ms;
 
 pub struct SqliteStore {
@@ -56,6 +58,58 @@ impl SqliteStore {
         Ok(SqliteStore { read, write })
     }
 }
+
+type Tx<'a> = sqlx::Transaction<'a, Sqlite>;
+
+/// Stops a webhook's queued deliveries (it was deleted or deactivated).
+async fn fail_pending(tx: &mut Tx<'_>, webhook_id: i64, why: &str) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
+         error = ?2 WHERE webhook_id = ?1 AND status = 'pending'",
+    )
+    .bind(webhook_id)
+    .bind(why)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn json_ids(ids: &[i64]) -> String {
+    serde_json::to_string(ids).expect("ids encode")
+}
+
+fn exploit_from_row(row: &SqliteRow) -> StoreResult<Exploit> {
+    Ok(Exploit {
+        id: row.try_get("e_id")?,
+        tx_hash: row.try_get("tx_hash")?,
+        chain: row.try_get("chain")?,
+        protocol: row.try_get("protocol")?,
+        amount_usd: row.try_get("amount_usd")?,
+        timestamp_ms: row.try_get("timestamp")?,
+        source: row.try_get("source")?,
+        source_url: row.try_get("source_url")?,
+        category: row.try_get("category")?,
+        description: row.try_get("description")?,
+        detected_at_ms: row.try_get("detected_at")?,
+    })
+}
+
+/// The body of a delivery: its own payload (test events) or its exploit's event.
+fn body_from_row(row: &SqliteRow, event: &str) -> StoreResult<String> {
+    if let Some(p) = row.try_get::<Option<String>, _>("payload")? {
+        return Ok(p);
+    }
+    if row.try_get::<Option<i64>, _>("e_id")?.is_none() {
+        return Err(StoreError::Corrupt(
+            "delivery without payload or exploit".into(),
+        ));
+    }
+    Ok(encode_event(event, &exploit_from_row(row)?))
+}
+
+const EXPLOIT_JOIN_COLUMNS: &str =
+    "e.id AS e_id, e.tx_hash, e.chain, e.protocol, e.amount_usd, e.timestamp, \
+     e.source, e.source_url, e.category, e.description, e.detected_at";
 
 fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
     let tier: String = row.try_get("tier")?;
@@ -118,6 +172,10 @@ impl Store for SqliteStore {
             .run(&self.write)
             .await?;
         Ok(())
+    }
+
+    fn single_process(&self) -> bool {
+        true
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -320,6 +378,9 @@ impl Store for SqliteStore {
         .bind(w.updated_at_ms)
         .execute(&mut *tx)
         .await?;
+        if !w.is_active {
+            fail_pending(&mut tx, id, "webhook deactivated").await?;
+        }
         tx.commit().await?;
         Ok(w)
     }
@@ -339,13 +400,7 @@ impl Store for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        sqlx::query(
-            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
-             error = 'webhook deleted' WHERE webhook_id = ?1 AND status = 'pending'",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        fail_pending(&mut tx, id, "webhook deleted").await?;
         tx.commit().await?;
         Ok(())
     }
@@ -482,6 +537,334 @@ impl Store for SqliteStore {
             last_failure_at_ms: w.try_get("last_failure_at")?,
             last_error: w.try_get("last_error")?,
         })
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+        per_endpoint: usize,
+        busy: &[i64],
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        // Look a little past `limit` so that one endpoint with a deep queue cannot hide
+        // the others from this claim; each endpoint gets at most `per_endpoint`.
+        let claimed: Vec<i64> = sqlx::query_scalar(
+            "WITH due AS ( \
+               SELECT id, webhook_id, next_attempt_at FROM deliveries \
+               WHERE status = 'pending' AND next_attempt_at <= ?1 \
+                 AND (locked_until IS NULL OR locked_until <= ?1) \
+                 AND webhook_id NOT IN (SELECT value FROM json_each(?2)) \
+               ORDER BY next_attempt_at LIMIT ?3), \
+             ranked AS ( \
+               SELECT id, next_attempt_at, \
+                 ROW_NUMBER() OVER (PARTITION BY webhook_id ORDER BY next_attempt_at, id) AS rn \
+               FROM due) \
+             UPDATE deliveries SET locked_until = ?4 \
+             WHERE id IN (SELECT id FROM ranked WHERE rn <= ?5 ORDER BY next_attempt_at LIMIT ?6) \
+             RETURNING id",
+        )
+        .bind(now_ms)
+        .bind(json_ids(busy))
+        .bind((limit * 8) as i64)
+        .bind(lease_until_ms)
+        .bind(per_endpoint as i64)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if claimed.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT d.id, d.webhook_id, d.event, d.payload, d.attempts, d.schedule_base, \
+               w.url, w.secret, w.is_active, w.deleted_at, {EXPLOIT_JOIN_COLUMNS} \
+             FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+             LEFT JOIN exploits e ON e.id = d.exploit_id \
+             WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.next_attempt_at, d.id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(json_ids(&claimed))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut stopped = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let active: bool = row.try_get("is_active")?;
+            let deleted: Option<i64> = row.try_get("deleted_at")?;
+            if !active || deleted.is_some() {
+                stopped.push(id);
+                continue;
+            }
+            let event: String = row.try_get("event")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let base: i64 = row.try_get("schedule_base")?;
+            out.push(ClaimedDelivery {
+                id,
+                webhook_id: row.try_get("webhook_id")?,
+                url: row.try_get("url")?,
+                secret: row.try_get("secret")?,
+                body: body_from_row(row, &event)?,
+                event,
+                attempt: attempts + 1,
+                round_attempt: attempts - base + 1,
+            });
+        }
+        if !stopped.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
+                 error = 'webhook inactive' WHERE id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(json_ids(&stopped))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn next_claimable_at(&self, now_ms: i64, busy: &[i64]) -> StoreResult<Option<i64>> {
+        let busy = json_ids(busy);
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM deliveries \
+             WHERE status = 'pending' AND (locked_until IS NULL OR locked_until <= ?1) \
+               AND webhook_id NOT IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(now_ms)
+        .bind(&busy)
+        .fetch_one(&self.read)
+        .await?;
+        let lease_ends: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(locked_until) FROM deliveries \
+             WHERE status = 'pending' AND locked_until > ?1 \
+               AND webhook_id NOT IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(now_ms)
+        .bind(&busy)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(match (due, lease_ends) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    async fn release_claims(&self, delivery_ids: &[i64]) -> StoreResult<()> {
+        if delivery_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE deliveries SET locked_until = NULL \
+             WHERE status = 'pending' AND id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_ids(delivery_ids))
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_all_claims(&self) -> StoreResult<()> {
+        sqlx::query("UPDATE deliveries SET locked_until = NULL WHERE status = 'pending' AND locked_until IS NOT NULL")
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        for r in records {
+            let finished_at = r.started_at_ms + r.latency_ms;
+            sqlx::query(
+                "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
+                 error_kind, error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .bind(r.delivery_id)
+            .bind(r.attempt)
+            .bind(r.started_at_ms)
+            .bind(r.status_code)
+            .bind(r.latency_ms)
+            .bind(r.error_kind)
+            .bind(&r.error)
+            .bind(&r.response_body)
+            .execute(&mut *tx)
+            .await?;
+            let (status, next_at, delivered_at) = match r.result {
+                AttemptResult::Succeeded => ("succeeded", None, Some(finished_at)),
+                AttemptResult::RetryAt(t) => ("pending", Some(t), None),
+                AttemptResult::Failed | AttemptResult::Gone => ("failed", None, None),
+            };
+            // A delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
+            sqlx::query(
+                "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = ?2, \
+                 sent_at = COALESCE(sent_at, ?3), status_code = ?4, latency_ms = ?5, error = ?6, \
+                 locked_until = NULL, \
+                 status = CASE WHEN status = 'pending' THEN ?7 ELSE status END, \
+                 next_attempt_at = CASE WHEN status = 'pending' THEN ?8 ELSE NULL END, \
+                 delivered_at = COALESCE(?9, delivered_at) \
+                 WHERE id = ?1",
+            )
+            .bind(r.delivery_id)
+            .bind(finished_at)
+            .bind(r.started_at_ms)
+            .bind(r.status_code)
+            .bind(r.latency_ms)
+            .bind(&r.error)
+            .bind(status)
+            .bind(next_at)
+            .bind(delivered_at)
+            .execute(&mut *tx)
+            .await?;
+            if r.result == AttemptResult::Succeeded {
+                sqlx::query(
+                    "UPDATE webhooks SET consecutive_failures = 0, last_success_at = ?2 WHERE id = ?1",
+                )
+                .bind(r.webhook_id)
+                .bind(finished_at)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                sqlx::query(
+                    "UPDATE webhooks SET consecutive_failures = consecutive_failures + 1, \
+                     last_failure_at = ?2, last_error = ?3 WHERE id = ?1",
+                )
+                .bind(r.webhook_id)
+                .bind(finished_at)
+                .bind(&r.error)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if r.result == AttemptResult::Gone {
+                let reason = format!(
+                    "the endpoint answered 410 Gone at {} UTC; set is_active to true to resume",
+                    crate::domain::time::format_ms(finished_at)
+                );
+                sqlx::query(
+                    "UPDATE webhooks SET is_active = 0, disabled_reason = ?2, updated_at = ?3 \
+                     WHERE id = ?1 AND deleted_at IS NULL",
+                )
+                .bind(r.webhook_id)
+                .bind(&reason)
+                .bind(finished_at)
+                .execute(&mut *tx)
+                .await?;
+                fail_pending(
+                    &mut tx,
+                    r.webhook_id,
+                    "webhook deactivated: endpoint answered 410 Gone",
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn queue_depth(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+                .fetch_one(&self.read)
+                .await?,
+        )
+    }
+
+    async fn delivery_detail(
+        &self,
+        webhook_id: i64,
+        delivery_id: i64,
+    ) -> StoreResult<DeliveryDetail> {
+        let sql = format!(
+            "SELECT d.payload, d.event, {EXPLOIT_JOIN_COLUMNS} FROM deliveries d \
+             LEFT JOIN exploits e ON e.id = d.exploit_id WHERE d.id = ?1 AND d.webhook_id = ?2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(delivery_id)
+            .bind(webhook_id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let event: String = row.try_get("event")?;
+        let payload = body_from_row(&row, &event)?;
+        let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1");
+        let delivery = delivery_from_row(
+            &sqlx::query(&sql)
+                .bind(delivery_id)
+                .fetch_one(&self.read)
+                .await?,
+        )?;
+        let attempts = sqlx::query(
+            "SELECT attempt, started_at, status_code, latency_ms, error_kind, error, response_body \
+             FROM delivery_attempts WHERE delivery_id = ?1 ORDER BY attempt, id",
+        )
+        .bind(delivery_id)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AttemptLog {
+                attempt: r.try_get("attempt")?,
+                started_at_ms: r.try_get("started_at")?,
+                status_code: r.try_get("status_code")?,
+                latency_ms: r.try_get("latency_ms")?,
+                error_kind: r.try_get("error_kind")?,
+                error: r.try_get("error")?,
+                response_body: r.try_get("response_body")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        Ok(DeliveryDetail {
+            delivery,
+            payload,
+            attempts,
+        })
+    }
+
+    async fn requeue_delivery(
+        &self,
+        webhook_id: i64,
+        delivery_id: i64,
+        now_ms: i64,
+    ) -> StoreResult<DeliveryRecord> {
+        let sql = format!(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?3, locked_until = NULL, \
+             schedule_base = attempts, delivered_at = NULL \
+             WHERE id = ?1 AND webhook_id = ?2 RETURNING {DELIVERY_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(delivery_id)
+            .bind(webhook_id)
+            .bind(now_ms)
+            .fetch_optional(&self.write)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        delivery_from_row(&row)
+    }
+
+    async fn create_test_delivery(
+        &self,
+        webhook_id: i64,
+        payload: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO deliveries (webhook_id, exploit_id, event, payload, status, next_attempt_at, \
+             locked_until, created_at) VALUES (?1, NULL, ?2, ?3, 'pending', ?4, ?5, ?4) RETURNING id",
+        )
+        .bind(webhook_id)
+        .bind(crate::domain::payload::EVENT_WEBHOOK_TEST)
+        .bind(payload)
+        .bind(now_ms)
+        .bind(lease_until_ms)
+        .fetch_one(&self.write)
+        .await?)
     }
 
     async fn list_deliveries(

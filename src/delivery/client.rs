@@ -1,0 +1,237 @@
+//! The outbound HTTP client: signs each request at send time, sends it over rustls with
+//! keep-alive, never follows redirects, and reads at most 1 KiB of the answer.
+
+use std::error::Error as StdError;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::domain::signature::{kamiyo_signature, standard_webhooks_signature};
+
+/// Bytes of the endpoint's answer kept in the delivery log.
+pub const RESPONSE_SNIPPET_BYTES: usize = 1024;
+/// Connections kept open per endpoint between attempts.
+const IDLE_CONNECTIONS_PER_HOST: usize = 32;
+const USER_AGENT: &str = concat!("kamiyo-webhooks/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot read KAMIYO_EXTRA_CA_CERTS file {path}: {source}")]
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("KAMIYO_EXTRA_CA_CERTS file {path} holds no usable PEM certificate: {source}")]
+    CaPem {
+        path: String,
+        source: reqwest::Error,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Build(#[from] reqwest::Error),
+}
+
+/// One request to send.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub url: &'a str,
+    pub secret: &'a str,
+    pub event: &'a str,
+    pub delivery_id: i64,
+    pub body: &'a str,
+}
+
+/// What happened to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendOutcome {
+    pub status_code: Option<u16>,
+    pub latency_ms: i64,
+    /// `None` on success; otherwise timeout, connect, tls, http_status, redirect, gone or request.
+    pub error_kind: Option<&'static str>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+}
+
+impl SendOutcome {
+    pub fn succeeded(&self) -> bool {
+        self.error_kind.is_none()
+    }
+    pub fn gone(&self) -> bool {
+        self.status_code == Some(410)
+    }
+}
+
+/// Signs and sends deliveries. Cheap to share: one connection pool for the process.
+pub struct Sender {
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
+impl Sender {
+    pub fn new(config: &Config) -> Result<Sender, ClientError> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(config.delivery_timeout)
+            .connect_timeout(config.delivery_timeout)
+            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .user_agent(USER_AGENT);
+        if let Some(path) = &config.extra_ca_certs {
+            let display = path.display().to_string();
+            let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
+                path: display.clone(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                ClientError::CaPem {
+                    path: display.clone(),
+                    source,
+                }
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok(Sender {
+            client: builder.build()?,
+            timeout: config.delivery_timeout,
+        })
+    }
+
+    fn headers(out: &Outgoing<'_>, timestamp: i64) -> HeaderMap {
+        let id = out.delivery_id.to_string();
+        let body = out.body.as_bytes();
+        let mut h = HeaderMap::with_capacity(8);
+        let value = |s: &str| HeaderValue::from_str(s).expect("header-safe ASCII");
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            "x-kamiyo-signature",
+            value(&kamiyo_signature(out.secret, body)),
+        );
+        h.insert("x-kamiyo-event", value(out.event));
+        h.insert("x-kamiyo-delivery", value(&id));
+        h.insert("webhook-id", value(&id));
+        h.insert("webhook-timestamp", value(&timestamp.to_string()));
+        h.insert(
+            "webhook-signature",
+            value(&standard_webhooks_signature(
+                out.secret, &id, timestamp, body,
+            )),
+        );
+        h
+    }
+
+    /// Sends one signed request; never fails, every problem is in the outcome.
+    pub async fn send(&self, out: &Outgoing<'_>) -> SendOutcome {
+        let started = Instant::now();
+        let timestamp = chrono::Utc::now().timestamp();
+        let request = self
+            .client
+            .post(out.url)
+            .headers(Self::headers(out, timestamp))
+            .body(out.body.to_string());
+        // The client timeout covers the request; this one also covers reading the answer.
+        let result = tokio::time::timeout(self.timeout, async {
+            let mut response = request.send().await?;
+            let status = response.status();
+            let mut snippet = Vec::new();
+            while snippet.len() < RESPONSE_SNIPPET_BYTES {
+                match response.chunk().await? {
+                    Some(chunk) => snippet.extend_from_slice(&chunk),
+                    None => break,
+                }
+            }
+            snippet.truncate(RESPONSE_SNIPPET_BYTES);
+            Ok::<_, reqwest::Error>((status, snippet))
+        })
+        .await;
+        let latency_ms = started.elapsed().as_millis() as i64;
+        match result {
+            Err(_) => SendOutcome {
+                status_code: None,
+                latency_ms,
+                error_kind: Some("timeout"),
+                error: Some(format!(
+                    "no complete answer within {} ms",
+                    self.timeout.as_millis()
+                )),
+                response_body: None,
+            },
+            Ok(Err(e)) => {
+                let e = e.without_url();
+                let (kind, message) = classify(&e);
+                SendOutcome {
+                    status_code: e.status().map(|s| s.as_u16()),
+                    latency_ms,
+                    error_kind: Some(kind),
+                    error: Some(message),
+                    response_body: None,
+                }
+            }
+            Ok(Ok((status, snippet))) => {
+                let code = status.as_u16();
+                let response_body =
+                    (!snippet.is_empty()).then(|| String::from_utf8_lossy(&snippet).into_owned());
+                let (kind, error) = if status.is_success() {
+                    (None, None)
+                } else if status.is_redirection() {
+                    (
+                        Some("redirect"),
+                        Some(format!("HTTP {code}: redirects are not followed")),
+                    )
+                } else if code == 410 {
+                    (Some("gone"), Some("HTTP 410 Gone".to_string()))
+                } else {
+                    (Some("http_status"), Some(format!("HTTP {code}")))
+                };
+                SendOutcome {
+                    status_code: Some(code),
+                    latency_ms,
+                    error_kind: kind,
+                    error,
+                    response_body,
+                }
+            }
+        }
+    }
+}
+
+/// Names a transport failure and describes it without any secret (URLs carry none:
+/// credentials in webhook URLs are refused).
+fn classify(e: &reqwest::Error) -> (&'static str, String) {
+    let mut chain = e.to_string();
+    let mut tls = false;
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                tls = true;
+            }
+        }
+        if s.is::<rustls::Error>() || text.contains("certificate") || text.contains("handshake") {
+            tls = true;
+        }
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        source = s.source();
+    }
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if tls {
+        "tls"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "request"
+    };
+    (kind, chain)
+}

@@ -1,0 +1,322 @@
+//! The dispatcher: claims due deliveries under a lease, sends each in its own task within
+//! global and per-endpoint bounds, and hands outcomes to one recorder that writes them in
+//! batches. Nothing holds a database transaction across the network.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::client::{Outgoing, SendOutcome, Sender};
+use super::policy::{decide, Verdict};
+use crate::config::Config;
+use crate::domain::time::now_ms;
+use crate::metrics as m;
+use crate::store::{AttemptRecord, AttemptResult, ClaimedDelivery, Store};
+
+/// Most deliveries claimed in one database round trip.
+const CLAIM_BATCH: usize = 256;
+/// Most outcomes written in one transaction.
+const RECORD_BATCH: usize = 512;
+/// Pause after a database error before trying again.
+const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    sender: Arc<Sender>,
+    config: Arc<Config>,
+    wake: Arc<Notify>,
+}
+
+/// Attempts in flight per webhook, shared by the loop and its tasks.
+#[derive(Default)]
+struct InFlight {
+    per_webhook: Mutex<HashMap<i64, usize>>,
+}
+
+impl InFlight {
+    fn add(&self, webhook_id: i64) {
+        *self
+            .per_webhook
+            .lock()
+            .expect("lock")
+            .entry(webhook_id)
+            .or_default() += 1;
+    }
+    fn remove(&self, webhook_id: i64) {
+        let mut map = self.per_webhook.lock().expect("lock");
+        if let Some(n) = map.get_mut(&webhook_id) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&webhook_id);
+            }
+        }
+    }
+    fn count(&self, webhook_id: i64) -> usize {
+        self.per_webhook
+            .lock()
+            .expect("lock")
+            .get(&webhook_id)
+            .copied()
+            .unwrap_or(0)
+    }
+    /// Webhooks at their concurrency bound: not claimed for until one attempt ends.
+    fn saturated(&self, cap: usize) -> Vec<i64> {
+        self.per_webhook
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, n)| **n >= cap)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        sender: Arc<Sender>,
+        config: Arc<Config>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Dispatcher {
+            store,
+            sender,
+            config,
+            wake,
+        }
+    }
+
+    /// Runs until `shutdown`; then starts nothing new, lets attempts in flight finish
+    /// (each bounded by the delivery timeout), records them, and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (record_tx, record_rx) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(run_recorder(self.store.clone(), record_rx));
+        let permits = Arc::new(Semaphore::new(self.config.max_in_flight));
+        let in_flight = Arc::new(InFlight::default());
+        let capacity = Arc::new(Notify::new());
+        let cap = self.config.max_in_flight_per_endpoint;
+        let mut tasks = JoinSet::new();
+        tracing::info!(
+            max_in_flight = self.config.max_in_flight,
+            per_endpoint = cap,
+            "delivery workers started"
+        );
+
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            let free = permits.available_permits().min(CLAIM_BATCH);
+            let mut busy = in_flight.saturated(cap);
+            let mut full_batch = false;
+            if free > 0 {
+                let now = now_ms();
+                let lease_until = now + self.config.lease.as_millis() as i64;
+                match self
+                    .store
+                    .claim_due_deliveries(now, lease_until, free, cap, &busy)
+                    .await
+                {
+                    Ok(batch) => {
+                        full_batch = batch.len() == free;
+                        let mut excess = Vec::new();
+                        for d in batch {
+                            let permit = match permits.clone().try_acquire_owned() {
+                                Ok(p) if in_flight.count(d.webhook_id) < cap => p,
+                                _ => {
+                                    excess.push(d.id);
+                                    continue;
+                                }
+                            };
+                            in_flight.add(d.webhook_id);
+                            let job = Job {
+                                sender: self.sender.clone(),
+                                schedule: self.config.retry_schedule.clone(),
+                                records: record_tx.clone(),
+                                in_flight: in_flight.clone(),
+                                capacity: capacity.clone(),
+                            };
+                            tasks.spawn(async move {
+                                job.attempt(d).await;
+                                drop(permit);
+                            });
+                        }
+                        if !excess.is_empty() {
+                            if let Err(e) = self.store.release_claims(&excess).await {
+                                tracing::warn!(error = %e, "could not release claims; their lease will expire");
+                            }
+                        }
+                        metrics::gauge!(m::IN_FLIGHT).set(tasks.len() as f64);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "claiming deliveries failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(ERROR_BACKOFF) => {}
+                            _ = shutdown.cancelled() => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            if full_batch {
+                continue;
+            }
+            // Nothing more to claim now: sleep until something is due, new work is
+            // queued, capacity frees up, or the fallback poll.
+            busy = in_flight.saturated(cap);
+            let now = now_ms();
+            let mut wait = self.config.poll_interval;
+            if free > 0 {
+                match self.store.next_claimable_at(now, &busy).await {
+                    Ok(Some(t)) => {
+                        let until = Duration::from_millis((t - now).max(1) as u64);
+                        wait = wait.min(until);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "reading the next due time failed"),
+                }
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = capacity.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+
+        tracing::info!(in_flight = tasks.len(), "delivery workers draining");
+        while tasks.join_next().await.is_some() {}
+        metrics::gauge!(m::IN_FLIGHT).set(0.0);
+        drop(record_tx);
+        let _ = recorder.await;
+        tracing::info!("delivery workers stopped");
+    }
+}
+
+/// What one attempt task needs.
+struct Job {
+    sender: Arc<Sender>,
+    schedule: Vec<Duration>,
+    records: mpsc::UnboundedSender<AttemptRecord>,
+    in_flight: Arc<InFlight>,
+    capacity: Arc<Notify>,
+}
+
+impl Job {
+    async fn attempt(self, d: ClaimedDelivery) {
+        let span = tracing::info_span!(
+            "delivery_attempt",
+            webhook_id = d.webhook_id,
+            delivery_id = d.id,
+            attempt = d.attempt,
+            status_code = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+        );
+        let record = async {
+            let started_at_ms = now_ms();
+            let outcome = self
+                .sender
+                .send(&Outgoing {
+                    url: &d.url,
+                    secret: &d.secret,
+                    event: &d.event,
+                    delivery_id: d.id,
+                    body: &d.body,
+                })
+                .await;
+            let span = tracing::Span::current();
+            if let Some(code) = outcome.status_code {
+                span.record("status_code", code);
+            }
+            span.record("latency_ms", outcome.latency_ms);
+            let result = decide(&self.schedule, d.round_attempt, verdict(&outcome), now_ms());
+            log_outcome(&outcome, result);
+            attempt_record(&d, started_at_ms, outcome, result)
+        }
+        .instrument(span)
+        .await;
+        // A closed channel means the process is stopping; the lease brings it back.
+        let _ = self.records.send(record);
+        self.in_flight.remove(d.webhook_id);
+        self.capacity.notify_one();
+    }
+}
+
+pub fn verdict(outcome: &SendOutcome) -> Verdict {
+    if outcome.succeeded() {
+        Verdict::Success
+    } else if outcome.gone() {
+        Verdict::Gone
+    } else {
+        Verdict::Failure
+    }
+}
+
+fn log_outcome(outcome: &SendOutcome, result: AttemptResult) {
+    let label = match result {
+        AttemptResult::Succeeded => "success",
+        AttemptResult::Gone => "gone",
+        AttemptResult::RetryAt(_) | AttemptResult::Failed => "failure",
+    };
+    metrics::counter!(m::ATTEMPTS_TOTAL, "outcome" => label).increment(1);
+    metrics::histogram!(m::LATENCY_SECONDS).record(outcome.latency_ms as f64 / 1000.0);
+    match result {
+        AttemptResult::Succeeded => tracing::debug!("delivered"),
+        AttemptResult::RetryAt(at) => tracing::info!(
+            error_kind = outcome.error_kind,
+            error = outcome.error.as_deref(),
+            retry_in_ms = at - now_ms(),
+            "attempt failed; will retry"
+        ),
+        AttemptResult::Failed => tracing::warn!(
+            error_kind = outcome.error_kind,
+            error = outcome.error.as_deref(),
+            "attempt failed; no attempts left"
+        ),
+        AttemptResult::Gone => tracing::warn!("endpoint answered 410 Gone; webhook deactivated"),
+    }
+}
+
+pub fn attempt_record(
+    d: &ClaimedDelivery,
+    started_at_ms: i64,
+    outcome: SendOutcome,
+    result: AttemptResult,
+) -> AttemptRecord {
+    AttemptRecord {
+        delivery_id: d.id,
+        webhook_id: d.webhook_id,
+        attempt: d.attempt,
+        started_at_ms,
+        latency_ms: outcome.latency_ms,
+        status_code: outcome.status_code.map(i64::from),
+        error_kind: outcome.error_kind,
+        error: outcome.error,
+        response_body: outcome.response_body,
+        result,
+    }
+}
+
+/// Writes outcomes in batches; on a database error it keeps the batch and tries again.
+async fn run_recorder(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<AttemptRecord>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < RECORD_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut failures = 0u32;
+        while let Err(e) = store.record_attempts(&batch).await {
+            failures += 1;
+            tracing::error!(error = %e, batch = batch.len(), failures, "recording attempts failed; retrying");
+            tokio::time::sleep(ERROR_BACKOFF * failures.min(10)).await;
+        }
+        batch.clear();
+    }
+}
