@@ -48,6 +48,8 @@ pub enum Command {
     Keys(KeysCommand),
     /// Ingest exploits from a JSON array or JSON lines file (`-` for stdin).
     Ingest { file: String },
+    /// Measure the service on this machine: in-process service, fresh database, own receiver.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +85,10 @@ fn parse_tier(s: &str) -> Result<Tier, String> {
 
 /// Runs a parsed command line. Returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Command::Bench(args) = cli.command {
+        // The bench configures its own services; the environment must not skew them.
+        return crate::bench::run(args, cli.database_url).await;
+    }
     let mut config = Config::from_env()?;
     if let Some(url) = cli.database_url {
         config.database_url = url;
@@ -104,12 +110,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Users(cmd) => users(&*open(&config).await?, cmd).await,
         Command::Keys(cmd) => keys(&*open(&config).await?, cmd).await,
         Command::Ingest { file } => ingest(&*open(&config).await?, &file).await,
+        Command::Bench(_) => unreachable!("handled above"),
     }
 }
 
 async fn open(config: &Config) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     config.validate()?;
-    let store = store::open(&config.database_url).await?;
+    let store = store::open(&config.database_url, config.db_pool_size).await?;
     store.migrate().await?;
     Ok(store)
 }

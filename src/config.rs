@@ -73,6 +73,8 @@ pub struct Config {
     /// How long a worker's claim on a delivery lasts; a crashed worker's claims are taken
     /// over once it runs out.
     pub lease: Duration,
+    /// PostgreSQL connections per process.
+    pub db_pool_size: u32,
     /// Fallback poll for deliveries queued by other processes (in-process ingests wake
     /// the workers at once).
     pub poll_interval: Duration,
@@ -101,6 +103,7 @@ impl std::fmt::Debug for Config {
                 &self.max_in_flight_per_endpoint,
             )
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("db_pool_size", &self.db_pool_size)
             .field("lease", &self.lease)
             .field("poll_interval", &self.poll_interval)
             .finish()
@@ -139,6 +142,7 @@ impl Default for Config {
             max_in_flight: 256,
             max_in_flight_per_endpoint: 16,
             max_body_bytes: 1024 * 1024,
+            db_pool_size: 16,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
         }
@@ -146,6 +150,12 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The outbound network guard this configuration asks for.
+    pub fn network_policy(&self) -> Result<crate::domain::netguard::NetworkPolicy, ConfigError> {
+        crate::domain::netguard::NetworkPolicy::new(&self.allow_private_networks)
+            .map_err(|m| config_error("KAMIYO_ALLOW_PRIVATE_NETWORKS", m))
+    }
+
     /// Defaults overridden by `KAMIYO_*` environment variables.
     pub fn from_env() -> Result<Config, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -195,6 +205,12 @@ impl Config {
             c.max_body_bytes =
                 parse_positive(&v).map_err(|m| config_error("KAMIYO_MAX_BODY_BYTES", m))?;
         }
+        if let Some(v) = get("KAMIYO_DB_POOL_SIZE") {
+            c.db_pool_size = parse_positive(&v)
+                .map_err(|m| config_error("KAMIYO_DB_POOL_SIZE", m))?
+                .try_into()
+                .map_err(|_| config_error("KAMIYO_DB_POOL_SIZE", "is too large"))?;
+        }
         if let Some(v) = get("KAMIYO_LEASE") {
             c.lease = parse_duration(&v).map_err(|m| config_error("KAMIYO_LEASE", m))?;
         }
@@ -243,6 +259,8 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        crate::domain::netguard::NetworkPolicy::new(&self.allow_private_networks)
+            .map_err(|m| config_error("KAMIYO_ALLOW_PRIVATE_NETWORKS", m))?;
         if self.delivery_timeout.is_zero() {
             return Err(config_error(
                 "KAMIYO_DELIVERY_TIMEOUT",

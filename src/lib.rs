@@ -4,6 +4,7 @@
 //! way: `api` and `delivery` use `domain` and `store`; `domain` imports nothing of ours.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod delivery;

@@ -22,7 +22,7 @@ impl Application {
     /// Opens (and migrates) the database and binds the listen address.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         config.validate()?;
-        let store = store::open(&config.database_url).await?;
+        let store = store::open(&config.database_url, config.db_pool_size).await?;
         store.migrate().await?;
         let (listener, port) = if config.role.runs_api() {
             let addr: SocketAddr = config.listen.parse()?;
@@ -35,12 +35,14 @@ impl Application {
             (None, 0)
         };
         let sender = Arc::new(Sender::new(&config)?);
+        let config_network = config.network_policy()?;
         crate::metrics::handle();
         let state = AppState {
             store,
             config: Arc::new(config),
             wake: Arc::new(Notify::new()),
             sender,
+            network: Arc::new(config_network),
         };
         Ok(Application {
             state,
@@ -81,6 +83,7 @@ impl Application {
                 // process's, and waiting out their lease would only delay delivery.
                 state.store.release_all_claims().await?;
             }
+            state.store.subscribe_wakeups(state.wake.clone()).await?;
             let dispatcher = Dispatcher::new(
                 state.store.clone(),
                 state.sender.clone(),

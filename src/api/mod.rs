@@ -21,6 +21,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
 use crate::delivery::Sender;
+use crate::domain::netguard::NetworkPolicy;
 use crate::store::Store;
 use error::ApiError;
 
@@ -36,6 +37,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// The outbound client, for test calls made from the API.
     pub sender: Arc<Sender>,
+    /// Which addresses webhooks may target.
+    pub network: Arc<NetworkPolicy>,
 }
 
 impl AppState {

@@ -272,6 +272,13 @@ fn webhook_not_found(e: StoreError) -> ApiError {
     }
 }
 
+/// A URL that passes the syntax rules and, for IP literals, the network guard.
+fn checked_url(state: &AppState, raw: &str) -> Result<WebhookUrl, ApiError> {
+    let url = WebhookUrl::parse(raw, state.config.allow_http)?;
+    state.network.check_url(url.url())?;
+    Ok(url)
+}
+
 fn filter_list(field: &str, v: Option<Vec<String>>) -> Result<Option<Vec<String>>, ApiError> {
     Ok(match v {
         None => None,
@@ -295,7 +302,7 @@ pub async fn create_webhook(
 ) -> Result<(StatusCode, Json<WebhookOut>), ApiError> {
     let new = NewWebhook {
         name: validate_name(&body.name)?,
-        url: WebhookUrl::parse(&body.url, state.config.allow_http)?,
+        url: checked_url(&state, &body.url)?,
         filters: Filters {
             min_amount_usd: body.min_amount_usd.map(validate_min_amount).transpose()?,
             chains: filter_list("chains", body.chains)?,
@@ -382,7 +389,7 @@ pub async fn update_webhook(
         url: match body.url {
             None => None,
             Some(None) => return Err(required("url")),
-            Some(Some(u)) => Some(WebhookUrl::parse(&u, state.config.allow_http)?),
+            Some(Some(u)) => Some(checked_url(&state, &u)?),
         },
         is_active: match body.is_active {
             None => None,

@@ -4,10 +4,15 @@
 use std::error::Error as StdError;
 use std::time::{Duration, Instant};
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use thiserror::Error;
 
 use crate::config::Config;
+use crate::domain::netguard::NetworkPolicy;
 use crate::domain::signature::{kamiyo_signature, standard_webhooks_signature};
 
 /// Bytes of the endpoint's answer kept in the delivery log.
@@ -28,6 +33,8 @@ pub enum ClientError {
         path: String,
         source: reqwest::Error,
     },
+    #[error("{0}")]
+    Policy(String),
     #[error("cannot build the HTTP client: {0}")]
     Build(#[from] reqwest::Error),
 }
@@ -66,6 +73,45 @@ impl SendOutcome {
 pub struct Sender {
     client: reqwest::Client,
     timeout: Duration,
+    policy: NetworkPolicy,
+}
+
+/// A name resolved only to addresses the guard allows; the connection then goes to one
+/// of exactly those addresses, so DNS rebinding between check and connect cannot work.
+struct GuardedResolver {
+    policy: NetworkPolicy,
+}
+
+/// Every address a name resolved to is refused by the network guard.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct BlockedAddress(String);
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut refused = None;
+            let allowed: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|a| match policy.check(a.ip()) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        refused.get_or_insert(why);
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                let why = refused.unwrap_or_else(|| "no address".to_string());
+                return Err(Box::new(BlockedAddress(format!("{host} resolves to {why}")))
+                    as Box<dyn StdError + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
 }
 
 impl Sender {
@@ -79,6 +125,10 @@ impl Sender {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .user_agent(USER_AGENT);
+        let policy = config.network_policy().map_err(|e| ClientError::Policy(e.to_string()))?;
+        builder = builder.dns_resolver(Arc::new(GuardedResolver {
+            policy: policy.clone(),
+        }));
         if let Some(path) = &config.extra_ca_certs {
             let display = path.display().to_string();
             let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
@@ -98,7 +148,18 @@ impl Sender {
         Ok(Sender {
             client: builder.build()?,
             timeout: config.delivery_timeout,
+            policy,
         })
+    }
+
+    fn literal_blocked(&self, raw: &str) -> Option<String> {
+        let url = url::Url::parse(raw).ok()?;
+        let ip = match url.host()? {
+            url::Host::Ipv4(v4) => IpAddr::V4(v4),
+            url::Host::Ipv6(v6) => IpAddr::V6(v6),
+            url::Host::Domain(_) => return None,
+        };
+        self.policy.check(ip).err()
     }
 
     fn headers(out: &Outgoing<'_>, timestamp: i64) -> HeaderMap {
@@ -127,6 +188,16 @@ impl Sender {
     /// Sends one signed request; never fails, every problem is in the outcome.
     pub async fn send(&self, out: &Outgoing<'_>) -> SendOutcome {
         let started = Instant::now();
+        // IP literals never reach the resolver: judge them here.
+        if let Some(why) = self.literal_blocked(out.url) {
+            return SendOutcome {
+                status_code: None,
+                latency_ms: 0,
+                error_kind: Some("blocked_address"),
+                error: Some(why),
+                response_body: None,
+            };
+        }
         let timestamp = chrono::Utc::now().timestamp();
         let request = self
             .client
@@ -204,9 +275,13 @@ impl Sender {
 fn classify(e: &reqwest::Error) -> (&'static str, String) {
     let mut chain = e.to_string();
     let mut tls = false;
+    let mut blocked = false;
     let mut source = e.source();
     while let Some(s) = source {
         let text = s.to_string();
+        if s.is::<BlockedAddress>() {
+            blocked = true;
+        }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if io
                 .get_ref()
@@ -224,7 +299,9 @@ fn classify(e: &reqwest::Error) -> (&'static str, String) {
         }
         source = s.source();
     }
-    let kind = if e.is_timeout() {
+    let kind = if blocked {
+        "blocked_address"
+    } else if e.is_timeout() {
         "timeout"
     } else if tls {
         "tls"

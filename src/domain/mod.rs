@@ -3,6 +3,7 @@
 pub mod exploit;
 pub mod filter;
 pub mod health;
+pub mod netguard;
 pub mod payload;
 pub mod secret;
 pub mod signature;

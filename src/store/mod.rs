@@ -1,6 +1,7 @@
 //! Persistence: the `Store` trait the API and the workers use, and one implementation
 //! per backend (SQLite embedded by default; PostgreSQL for many processes).
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -172,6 +173,11 @@ pub trait Store: Send + Sync + 'static {
     /// True when only one process may use this database, so every claim found at start
     /// belongs to a process that is gone.
     fn single_process(&self) -> bool;
+    /// Wakes `wake` whenever another process queues deliveries (no-op where not supported:
+    /// workers then rely on their fallback poll).
+    async fn subscribe_wakeups(&self, _wake: Arc<tokio::sync::Notify>) -> StoreResult<()> {
+        Ok(())
+    }
 
     async fn create_user(&self, name: &str, tier: Tier, key_hash: &str) -> StoreResult<User>;
     async fn list_users(&self) -> StoreResult<Vec<User>>;
@@ -276,9 +282,11 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Opens the store named by a database URL.
-pub async fn open(database_url: &str) -> StoreResult<Arc<dyn Store>> {
+pub async fn open(database_url: &str, pool_size: u32) -> StoreResult<Arc<dyn Store>> {
     if database_url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(database_url).await?))
+    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(database_url, pool_size).await?))
     } else {
         Err(StoreError::UnsupportedUrl(crate::config::redact_url(
             database_url,

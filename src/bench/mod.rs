@@ -1,0 +1,175 @@
+//! `kamiyo-webhooks bench`: starts the service in-process on a fresh database, with its own
+//! fast local receiver, drives it through the HTTP API and prints what it measured.
+//!
+//! Everything runs in this one process on purpose: one clock (`Instant`) for ingest and
+//! receipt times, and nothing to set up. The price is that memory figures cover the
+//! service, the receiver and the driver together, which the report says. Each scenario
+//! gets its own service, database and receiver so that none inherits another's backlog.
+
+mod api;
+mod pki;
+mod receiver;
+mod report;
+mod scenarios;
+mod service;
+mod stats;
+
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+
+use crate::config::Config;
+use report::Report;
+use scenarios::Env;
+
+/// The scenarios run when `--scenario` is not given: a few minutes on two cores.
+const DEFAULT_SCENARIOS: [Scenario; 5] = [
+    Scenario::Throughput,
+    Scenario::Ceiling,
+    Scenario::Latency,
+    Scenario::Isolation,
+    Scenario::Fanout,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Exploits matching every webhook, ingested as fast as ingest allows: deliveries/s.
+    Throughput,
+    /// The same receiver driven by a plain HTTP client: this machine's raw limit.
+    Ceiling,
+    /// A steady rate of exploits: ingest-to-receipt percentiles.
+    Latency,
+    /// The latency scenario with half the endpoints never answering.
+    Isolation,
+    /// One exploit matching thousands of webhooks: time to the last receipt.
+    Fanout,
+    /// A large queue for an endpoint that is down, then up: memory and drain rate.
+    Backlog,
+    /// Delivery-log pages over a large table: listing latency.
+    Logs,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Throughput => "throughput",
+            Scenario::Ceiling => "ceiling",
+            Scenario::Latency => "latency",
+            Scenario::Isolation => "isolation",
+            Scenario::Fanout => "fanout",
+            Scenario::Backlog => "backlog",
+            Scenario::Logs => "logs",
+        }
+    }
+}
+
+/// Measure the service on this machine (in-process service, database and receiver).
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Logs go to stderr; RUST_LOG=warn keeps them quiet.\n\
+Scenarios: throughput, ceiling, latency, isolation, fanout (the default set), backlog, logs.")]
+pub struct BenchArgs {
+    /// Scenarios to run, comma-separated (default: throughput,ceiling,latency,isolation,fanout).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub scenario: Vec<Scenario>,
+    /// Shrink every scenario to seconds.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print one JSON object keyed by scenario name instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Deliver over HTTPS (a CA made at start, trusted through `extra_ca_certs`).
+    #[arg(long)]
+    pub tls: bool,
+    /// Webhooks in the throughput scenario [default: 1000; quick: 100].
+    #[arg(long)]
+    pub webhooks: Option<usize>,
+    /// Exploits in the throughput scenario [default: 50].
+    #[arg(long)]
+    pub exploits: Option<usize>,
+    /// Exploits per second in the latency and isolation scenarios.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u32,
+    /// Seconds of steady load in the latency and isolation scenarios [default: 10; quick: 2].
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Concurrent delivery attempts of the service (and of the ceiling client).
+    #[arg(long, default_value_t = Config::default().max_in_flight)]
+    pub max_in_flight: usize,
+    /// Concurrent delivery attempts to one webhook.
+    #[arg(long, default_value_t = Config::default().max_in_flight_per_endpoint)]
+    pub max_in_flight_per_endpoint: usize,
+}
+
+/// Runs the selected scenarios and prints the report. `database_url` is the global
+/// `--database-url` flag: absent means a fresh SQLite file in a temporary directory per
+/// scenario. Returns 1 when a scenario reported an error (e.g. a signature mismatch).
+pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Result<i32> {
+    if args.rate == 0 {
+        bail!("--rate must be at least 1");
+    }
+    if args.max_in_flight == 0 || args.max_in_flight_per_endpoint == 0 {
+        bail!("--max-in-flight and --max-in-flight-per-endpoint must be at least 1");
+    }
+    let selected = selected_scenarios(&args.scenario);
+    let env = Env {
+        quick: args.quick,
+        tls: args.tls,
+        database_url,
+        max_in_flight: args.max_in_flight,
+        max_in_flight_per_endpoint: args.max_in_flight_per_endpoint,
+        webhooks: args.webhooks,
+        exploits: args.exploits,
+        rate: args.rate,
+        duration: args
+            .duration
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(if args.quick { 2 } else { 10 })),
+    };
+    let mut report = Report::new(&env);
+    for scenario in selected {
+        tracing::info!(scenario = scenario.name(), "bench scenario starting");
+        let result = scenarios::run(scenario, &env, &report).await;
+        match result {
+            Ok(r) => report.push(r),
+            // A scenario that could not even run is an error of that scenario; the
+            // others still run and report.
+            Err(e) => report.push(report::ScenarioReport::failed(scenario.name(), &e)),
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(if report.has_errors() { 1 } else { 0 })
+}
+
+/// The scenarios in the order given, without repeats; the default set when none.
+fn selected_scenarios(given: &[Scenario]) -> Vec<Scenario> {
+    let mut out = Vec::new();
+    for s in if given.is_empty() {
+        &DEFAULT_SCENARIOS[..]
+    } else {
+        given
+    } {
+        if !out.contains(s) {
+            out.push(*s);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_scenario_means_the_default_set_and_repeats_run_once() {
+        assert_eq!(selected_scenarios(&[]), DEFAULT_SCENARIOS.to_vec());
+        assert_eq!(
+            selected_scenarios(&[Scenario::Ceiling, Scenario::Throughput, Scenario::Ceiling]),
+            vec![Scenario::Ceiling, Scenario::Throughput]
+        );
+    }
+}

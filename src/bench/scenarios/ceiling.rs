@@ -1,0 +1,104 @@
+//! Scenario `ceiling`: the throughput scenario's receiver driven by a plain HTTP client
+//! (reqwest, same TLS mode, same concurrency, same body size; no database, no signing):
+//! the requests/s this machine allows, which the service's deliveries/s is compared to.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use reqwest::header::CONTENT_TYPE;
+use tokio::task::JoinSet;
+
+use super::{secs, tls_material, Env, ExploitSource};
+use crate::bench::receiver::Receiver;
+use crate::bench::report::ScenarioReport;
+use crate::bench::stats::progress;
+
+pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
+    let mut report = ScenarioReport::new("ceiling");
+    let (webhooks, exploits) = env.throughput_size();
+    let requests = (webhooks * exploits) as u64;
+    let concurrency = env.max_in_flight;
+    let (pki, _ca_dir) = tls_material(env)?;
+    let receiver = Arc::new(Receiver::start(pki.as_ref())?);
+    let body = hyper::body::Bytes::from(ExploitSource::new().sample_delivery_body());
+
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .http1_only()
+        .tcp_nodelay(true)
+        // Keep every connection: the ceiling is what keep-alive allows.
+        .pool_max_idle_per_host(concurrency);
+    if let Some(pki) = &pki {
+        builder = builder.add_root_certificate(
+            reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).context("the bench CA")?,
+        );
+    }
+    let client = builder.build().context("building the ceiling client")?;
+    let url = receiver.url("/ceiling");
+
+    let bar = progress(requests, "ceiling: requests");
+    let next = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, url, body, next, failures, bar) = (
+            client.clone(),
+            url.clone(),
+            body.clone(),
+            next.clone(),
+            failures.clone(),
+            bar.clone(),
+        );
+        workers.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
+                let sent = client
+                    .post(&url)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                // Read the answer to its end so the connection goes back to the pool.
+                let ok = match sent {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if !ok {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                bar.inc(1);
+            }
+        });
+    }
+    while let Some(joined) = workers.join_next().await {
+        joined.context("a ceiling worker panicked")?;
+    }
+    bar.finish_and_clear();
+
+    let received = receiver.ceiling_requests();
+    let last = receiver.last_receipt().unwrap_or(started);
+    let elapsed = secs(started, last);
+    report.count("requests", "requests received", received);
+    report.count("concurrency", "concurrency", concurrency as u64);
+    report.count("body_bytes", "body size", body.len() as u64);
+    report.number("elapsed_secs", "first request to last receipt", elapsed, "s");
+    report.number(
+        "requests_per_sec",
+        "requests/s",
+        if elapsed > 0.0 { received as f64 / elapsed } else { 0.0 },
+        "/s",
+    );
+    report.count(
+        "receiver_connections",
+        "connections opened to receiver",
+        receiver.connections(),
+    );
+    let failed = failures.load(Ordering::Relaxed);
+    if failed > 0 {
+        report.error(format!("{failed} of {requests} ceiling requests failed"));
+    }
+    report.errors(receiver.errors());
+    Ok(report)
+}

@@ -1,0 +1,109 @@
+//! The service under test, started in-process from a `Config` on a fresh database, and
+//! stopped through its cancellation token at the end of each scenario.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Role};
+use crate::startup::{Application, CancellationToken};
+use crate::store::Store;
+
+use super::api::Api;
+
+/// How long a stopping service may take before the bench gives up on it.
+const STOP_DEADLINE: Duration = Duration::from_secs(15);
+
+/// What a scenario changes in the service's configuration.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// `None`: a fresh SQLite file in a temporary directory.
+    pub database_url: Option<String>,
+    /// The CA to trust for HTTPS deliveries; `None` delivers over plain HTTP.
+    pub ca_pem: Option<PathBuf>,
+    pub max_in_flight: usize,
+    pub max_in_flight_per_endpoint: usize,
+    pub retry_schedule: Vec<Duration>,
+    pub delivery_timeout: Duration,
+    /// `Role::Api` leaves deliveries queued (no workers).
+    pub role: Role,
+}
+
+pub struct Service {
+    pub api: Arc<Api>,
+    store: Arc<dyn Store>,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    /// Holds the SQLite file; removed when the service is dropped.
+    _dir: Option<TempDir>,
+}
+
+impl Service {
+    pub async fn start(opts: &ServiceOptions) -> anyhow::Result<Service> {
+        let (database_url, dir) = match &opts.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("kamiyo-bench-")
+                    .tempdir()
+                    .context("creating a temporary directory for the database")?;
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                (url, Some(dir))
+            }
+        };
+        let admin_token = format!("bench-admin-{:032x}", rand::random::<u128>());
+        let config = Config {
+            database_url,
+            listen: "127.0.0.1:0".into(),
+            admin_token: Some(admin_token.clone()),
+            retry_schedule: opts.retry_schedule.clone(),
+            delivery_timeout: opts.delivery_timeout,
+            allow_http: opts.ca_pem.is_none(),
+            // The receiver is on loopback, which the outbound network guard refuses.
+            allow_private_networks: vec!["127.0.0.0/8".into()],
+            extra_ca_certs: opts.ca_pem.clone(),
+            role: opts.role,
+            max_in_flight: opts.max_in_flight,
+            max_in_flight_per_endpoint: opts.max_in_flight_per_endpoint,
+            ..Config::default()
+        };
+        let app = Application::build(config)
+            .await
+            .context("starting the service")?;
+        let store = app.store();
+        let base_url = format!("http://127.0.0.1:{}", app.port());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        Ok(Service {
+            api: Arc::new(Api::new(base_url, admin_token)?),
+            store,
+            stop,
+            task,
+            _dir: dir,
+        })
+    }
+
+    /// Pending deliveries, read straight from the store.
+    pub async fn queue_depth(&self) -> anyhow::Result<i64> {
+        Ok(self.store.queue_depth().await?)
+    }
+
+    /// Cancels the service and waits (bounded) for it to drain and stop.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let abort = self.task.abort_handle();
+        match tokio::time::timeout(STOP_DEADLINE, self.task).await {
+            Ok(Ok(result)) => result.context("the service failed"),
+            Ok(Err(join)) => Err(anyhow::anyhow!("the service task panicked: {join}")),
+            Err(_) => {
+                abort.abort();
+                tracing::warn!("the service did not stop within {STOP_DEADLINE:?}; aborted");
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,916 @@
+//! PostgreSQL store: any number of processes share one database. Workers claim with
+//! `FOR UPDATE SKIP LOCKED` and a lease; new deliveries are announced with NOTIFY.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row};
+use tokio::sync::Notify;
+
+use super::*;
+use crate::domain::exploit::Exploit;
+use crate::domain::filter::Filters;
+use crate::domain::payload::encode_event;
+use crate::domain::time::now_ms;
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The channel on which committed ingests announce new deliveries.
+pub const WAKE_CHANNEL: &str = "kamiyo_deliveries";
+
+const WEBHOOK_COLUMNS: &str =
+    "id, user_id, name, url, min_amount_usd, chains, protocols, categories, \
+     is_active, secret, disabled_reason, created_at, updated_at";
+
+const DELIVERY_COLUMNS: &str =
+    "id, webhook_id, exploit_id, event, status, attempts, next_attempt_at, \
+     created_at, sent_at, delivered_at, status_code, latency_ms, error";
+
+impl PgStore {
+    pub async fn open(url: &str, max_connections: u32) -> StoreResult<PgStore> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        Ok(PgStore { pool })
+    }
+}
+
+type Tx<'a> = sqlx::Transaction<'a, Postgres>;
+
+/// Stops a webhook's queued deliveries (it was deleted or deactivated).
+async fn fail_pending(tx: &mut Tx<'_>, webhook_id: i64, why: &str) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
+         error = $2 WHERE webhook_id = $1 AND status = 'pending'",
+    )
+    .bind(webhook_id)
+    .bind(why)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+
+fn exploit_from_row(row: &PgRow) -> StoreResult<Exploit> {
+    Ok(Exploit {
+        id: row.try_get("e_id")?,
+        tx_hash: row.try_get("tx_hash")?,
+        chain: row.try_get("chain")?,
+        protocol: row.try_get("protocol")?,
+        amount_usd: row.try_get("amount_usd")?,
+        timestamp_ms: row.try_get("timestamp")?,
+        source: row.try_get("source")?,
+        source_url: row.try_get("source_url")?,
+        category: row.try_get("category")?,
+        description: row.try_get("description")?,
+        detected_at_ms: row.try_get("detected_at")?,
+    })
+}
+
+/// The body of a delivery: its own payload (test events) or its exploit's event.
+fn body_from_row(row: &PgRow, event: &str) -> StoreResult<String> {
+    if let Some(p) = row.try_get::<Option<String>, _>("payload")? {
+        return Ok(p);
+    }
+    if row.try_get::<Option<i64>, _>("e_id")?.is_none() {
+        return Err(StoreError::Corrupt(
+            "delivery without payload or exploit".into(),
+        ));
+    }
+    Ok(encode_event(event, &exploit_from_row(row)?))
+}
+
+const EXPLOIT_JOIN_COLUMNS: &str =
+    "e.id AS e_id, e.tx_hash, e.chain, e.protocol, e.amount_usd, e.timestamp, \
+     e.source, e.source_url, e.category, e.description, e.detected_at";
+
+fn user_from_row(row: &PgRow) -> StoreResult<User> {
+    let tier: String = row.try_get("tier")?;
+    Ok(User {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        tier: tier.parse().map_err(StoreError::Corrupt)?,
+        created_at_ms: row.try_get("created_at")?,
+    })
+}
+
+fn webhook_from_row(row: &PgRow) -> StoreResult<Webhook> {
+    Ok(Webhook {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        name: row.try_get("name")?,
+        url: row.try_get("url")?,
+        filters: filters_from_row(row)?,
+        is_active: row.try_get("is_active")?,
+        secret: row.try_get("secret")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+    })
+}
+
+fn filters_from_row(row: &PgRow) -> StoreResult<Filters> {
+    Ok(Filters {
+        min_amount_usd: row.try_get("min_amount_usd")?,
+        chains: decode_list(row.try_get("chains")?)?,
+        protocols: decode_list(row.try_get("protocols")?)?,
+        categories: decode_list(row.try_get("categories")?)?,
+    })
+}
+
+fn delivery_from_row(row: &PgRow) -> StoreResult<DeliveryRecord> {
+    let status: String = row.try_get("status")?;
+    Ok(DeliveryRecord {
+        id: row.try_get("id")?,
+        webhook_id: row.try_get("webhook_id")?,
+        exploit_id: row.try_get("exploit_id")?,
+        event: row.try_get("event")?,
+        status: DeliveryStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status:?}")))?,
+        attempts: row.try_get("attempts")?,
+        next_attempt_at_ms: row.try_get("next_attempt_at")?,
+        created_at_ms: row.try_get("created_at")?,
+        sent_at_ms: row.try_get("sent_at")?,
+        delivered_at_ms: row.try_get("delivered_at")?,
+        status_code: row.try_get("status_code")?,
+        latency_ms: row.try_get("latency_ms")?,
+        error: row.try_get("error")?,
+    })
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    fn single_process(&self) -> bool {
+        false
+    }
+
+    async fn subscribe_wakeups(&self, wake: Arc<Notify>) -> StoreResult<()> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(WAKE_CHANNEL).await?;
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(_) => {
+                        wake.notify_waiters();
+                        wake.notify_one();
+                    }
+                    Err(e) => {
+                        // PgListener reconnects by itself on the next recv.
+                        tracing::warn!(error = %e, "listening for new deliveries failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, name: &str, tier: Tier, key_hash: &str) -> StoreResult<User> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO users (name, tier, created_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(name)
+        .bind(tier.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO api_keys (user_id, key_hash, created_at) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(key_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(User {
+            id,
+            name: name.to_string(),
+            tier,
+            created_at_ms: now,
+        })
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<User>> {
+        sqlx::query("SELECT id, name, tier, created_at FROM users ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(user_from_row)
+            .collect()
+    }
+
+    async fn get_user(&self, id: i64) -> StoreResult<User> {
+        let row = sqlx::query("SELECT id, name, tier, created_at FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        user_from_row(&row)
+    }
+
+    async fn update_user(
+        &self,
+        id: i64,
+        name: Option<&str>,
+        tier: Option<Tier>,
+    ) -> StoreResult<User> {
+        let row = sqlx::query(
+            "UPDATE users SET name = COALESCE($2, name), tier = COALESCE($3, tier) WHERE id = $1 \
+             RETURNING id, name, tier, created_at",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(tier.map(Tier::as_str))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        user_from_row(&row)
+    }
+
+    async fn add_api_key(&self, user_id: i64, key_hash: &str) -> StoreResult<()> {
+        let done = sqlx::query(
+            "INSERT INTO api_keys (user_id, key_hash, created_at) \
+             SELECT id, $2, $3 FROM users WHERE id = $1",
+        )
+        .bind(user_id)
+        .bind(key_hash)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn revoke_api_key(&self, key_hash: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $2 WHERE key_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn user_by_api_key(&self, key_hash: &str) -> StoreResult<Option<User>> {
+        let row = sqlx::query(
+            "SELECT u.id, u.name, u.tier, u.created_at FROM api_keys k JOIN users u ON u.id = k.user_id \
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn create_webhook(
+        &self,
+        user_id: i64,
+        tier: Tier,
+        new: &NewWebhook,
+    ) -> StoreResult<Webhook> {
+        let now = now_ms();
+        // One statement: the count and the insert cannot interleave with another create.
+        let sql = format!(
+            "INSERT INTO webhooks (user_id, name, url, min_amount_usd, chains, protocols, categories, \
+             is_active, secret, created_at, updated_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10 \
+             WHERE (SELECT COUNT(*) FROM webhooks WHERE user_id = $1 AND deleted_at IS NULL) < $11 \
+             RETURNING {WEBHOOK_COLUMNS}"
+        );
+        let mut tx = self.pool.begin().await?;
+        // The user's row lock serialises creates across every process.
+        sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(&sql)
+            .bind(user_id)
+            .bind(&new.name)
+            .bind(new.url.as_str())
+            .bind(new.filters.min_amount_usd)
+            .bind(encode_list(&new.filters.chains))
+            .bind(encode_list(&new.filters.protocols))
+            .bind(encode_list(&new.filters.categories))
+            .bind(new.is_active)
+            .bind(&new.secret)
+            .bind(now)
+            .bind(i64::from(tier.max_webhooks()))
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::LimitReached(tier))?;
+        tx.commit().await?;
+        webhook_from_row(&row)
+    }
+
+    async fn list_webhooks(&self, user_id: i64) -> StoreResult<Vec<Webhook>> {
+        let sql = format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE user_id = $1 AND deleted_at IS NULL ORDER BY id"
+        );
+        sqlx::query(&sql)
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(webhook_from_row)
+            .collect()
+    }
+
+    async fn get_webhook(&self, user_id: i64, id: i64) -> StoreResult<Webhook> {
+        let sql = format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        webhook_from_row(&row)
+    }
+
+    async fn update_webhook(
+        &self,
+        user_id: i64,
+        id: i64,
+        patch: &WebhookPatch,
+    ) -> StoreResult<Webhook> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let mut w = webhook_from_row(&row)?;
+        patch.apply_to(&mut w);
+        w.updated_at_ms = now_ms();
+        sqlx::query(
+            "UPDATE webhooks SET name = $2, url = $3, min_amount_usd = $4, chains = $5, protocols = $6, \
+             categories = $7, is_active = $8, disabled_reason = $9, updated_at = $10 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&w.name)
+        .bind(&w.url)
+        .bind(w.filters.min_amount_usd)
+        .bind(encode_list(&w.filters.chains))
+        .bind(encode_list(&w.filters.protocols))
+        .bind(encode_list(&w.filters.categories))
+        .bind(w.is_active)
+        .bind(&w.disabled_reason)
+        .bind(w.updated_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        if !w.is_active {
+            fail_pending(&mut tx, id, "webhook deactivated").await?;
+        }
+        tx.commit().await?;
+        Ok(w)
+    }
+
+    async fn delete_webhook(&self, user_id: i64, id: i64) -> StoreResult<()> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE webhooks SET deleted_at = $3, is_active = FALSE, updated_at = $3 \
+             WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        fail_pending(&mut tx, id, "webhook deleted").await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_webhook_secret(&self, user_id: i64, id: i64, secret: &str) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE webhooks SET secret = $3, updated_at = $4 \
+             WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(secret)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn ingest_exploits(&self, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut targets = Vec::new();
+        for row in sqlx::query(
+            "SELECT id, min_amount_usd, chains, protocols, categories FROM webhooks \
+             WHERE deleted_at IS NULL AND is_active",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            targets.push((row.try_get::<i64, _>("id")?, filters_from_row(&row)?));
+        }
+
+        let mut outcomes = Vec::with_capacity(exploits.len());
+        let mut pending: Vec<(i64, i64)> = Vec::new();
+        for e in exploits {
+            let key = exploit_dedup_key(&e.chain, &e.tx_hash);
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO exploits (dedup_key, tx_hash, chain, protocol, amount_usd, timestamp, \
+                 source, source_url, category, description, detected_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+            )
+            .bind(&key)
+            .bind(&e.tx_hash)
+            .bind(&e.chain)
+            .bind(&e.protocol)
+            .bind(e.amount_usd)
+            .bind(e.timestamp_ms)
+            .bind(&e.source)
+            .bind(&e.source_url)
+            .bind(&e.category)
+            .bind(&e.description)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(id) = inserted else {
+                let id: i64 = sqlx::query_scalar("SELECT id FROM exploits WHERE dedup_key = $1")
+                    .bind(&key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                outcomes.push(IngestOutcome {
+                    id,
+                    duplicate: true,
+                    matched: 0,
+                });
+                continue;
+            };
+            let facts = e.facts();
+            let mut matched = 0;
+            for (webhook_id, filters) in &targets {
+                if filters.matches(&facts) {
+                    pending.push((*webhook_id, id));
+                    matched += 1;
+                }
+            }
+            outcomes.push(IngestOutcome {
+                id,
+                duplicate: false,
+                matched,
+            });
+        }
+        if !pending.is_empty() {
+            let (webhooks, exploits): (Vec<i64>, Vec<i64>) = pending.into_iter().unzip();
+            sqlx::query(
+                "INSERT INTO deliveries (webhook_id, exploit_id, event, status, next_attempt_at, created_at) \
+                 SELECT w, e, $3, 'pending', $4, $4 FROM UNNEST($1::bigint[], $2::bigint[]) AS t (w, e)",
+            )
+            .bind(&webhooks)
+            .bind(&exploits)
+            .bind(crate::domain::payload::EVENT_EXPLOIT_DETECTED)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            // Delivered on commit to every listening worker, in every process.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(WAKE_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn webhook_health(&self, webhook_id: i64, now_ms: i64) -> StoreResult<HealthFigures> {
+        let since = now_ms - 24 * 3_600_000;
+        let row = sqlx::query(
+            "SELECT \
+               COUNT(*) FILTER (WHERE d.status = 'succeeded' AND d.last_attempt_at >= $2) AS ok_24h, \
+               COUNT(*) FILTER (WHERE d.status = 'failed' AND d.last_attempt_at >= $2) AS failed_24h, \
+               COUNT(*) FILTER (WHERE d.status = 'succeeded') AS ok_all, \
+               COUNT(*) FILTER (WHERE d.status = 'failed') AS failed_all, \
+               (AVG(d.latency_ms) FILTER (WHERE d.last_attempt_at >= $2))::float8 AS latency_24h \
+             FROM deliveries d WHERE d.webhook_id = $1 AND d.status <> 'pending'",
+        )
+        .bind(webhook_id)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        let w = sqlx::query(
+            "SELECT consecutive_failures, last_success_at, last_failure_at, last_error \
+             FROM webhooks WHERE id = $1",
+        )
+        .bind(webhook_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        Ok(HealthFigures {
+            succeeded_24h: row.try_get::<i64, _>("ok_24h")? as u64,
+            failed_24h: row.try_get::<i64, _>("failed_24h")? as u64,
+            succeeded_all: row.try_get::<i64, _>("ok_all")? as u64,
+            failed_all: row.try_get::<i64, _>("failed_all")? as u64,
+            mean_latency_ms_24h: row.try_get("latency_24h")?,
+            consecutive_failures: w.try_get::<i64, _>("consecutive_failures")? as u64,
+            last_success_at_ms: w.try_get("last_success_at")?,
+            last_failure_at_ms: w.try_get("last_failure_at")?,
+            last_error: w.try_get("last_error")?,
+        })
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+        per_endpoint: usize,
+        busy: &[i64],
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        // Look a little past `limit` so that one endpoint with a deep queue cannot hide
+        // the others from this claim; each endpoint gets at most `per_endpoint`.
+        let claimed: Vec<i64> = sqlx::query_scalar(
+            "WITH due AS ( \
+               SELECT id, webhook_id, next_attempt_at FROM deliveries \
+               WHERE status = 'pending' AND next_attempt_at <= $1 \
+                 AND (locked_until IS NULL OR locked_until <= $1) \
+                 AND webhook_id <> ALL ($2::bigint[]) \
+               ORDER BY next_attempt_at LIMIT $3 \
+               FOR UPDATE SKIP LOCKED), \
+             ranked AS ( \
+               SELECT id, next_attempt_at, \
+                 ROW_NUMBER() OVER (PARTITION BY webhook_id ORDER BY next_attempt_at, id) AS rn \
+               FROM due) \
+             UPDATE deliveries SET locked_until = $4 \
+             WHERE id IN (SELECT id FROM ranked WHERE rn <= $5 ORDER BY next_attempt_at LIMIT $6) \
+             RETURNING id",
+        )
+        .bind(now_ms)
+        .bind(busy)
+        .bind((limit * 8) as i64)
+        .bind(lease_until_ms)
+        .bind(per_endpoint as i64)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if claimed.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT d.id, d.webhook_id, d.event, d.payload, d.attempts, d.schedule_base, \
+               w.url, w.secret, w.is_active, w.deleted_at, {EXPLOIT_JOIN_COLUMNS} \
+             FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+             LEFT JOIN exploits e ON e.id = d.exploit_id \
+             WHERE d.id = ANY ($1::bigint[]) ORDER BY d.next_attempt_at, d.id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&claimed)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut stopped = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let active: bool = row.try_get("is_active")?;
+            let deleted: Option<i64> = row.try_get("deleted_at")?;
+            if !active || deleted.is_some() {
+                stopped.push(id);
+                continue;
+            }
+            let event: String = row.try_get("event")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let base: i64 = row.try_get("schedule_base")?;
+            out.push(ClaimedDelivery {
+                id,
+                webhook_id: row.try_get("webhook_id")?,
+                url: row.try_get("url")?,
+                secret: row.try_get("secret")?,
+                body: body_from_row(row, &event)?,
+                event,
+                attempt: attempts + 1,
+                round_attempt: attempts - base + 1,
+            });
+        }
+        if !stopped.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
+                 error = 'webhook inactive' WHERE id = ANY ($1::bigint[])",
+            )
+            .bind(&stopped)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn next_claimable_at(&self, now_ms: i64, busy: &[i64]) -> StoreResult<Option<i64>> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM deliveries \
+             WHERE status = 'pending' AND (locked_until IS NULL OR locked_until <= $1) \
+               AND webhook_id <> ALL ($2::bigint[])",
+        )
+        .bind(now_ms)
+        .bind(busy)
+        .fetch_one(&self.pool)
+        .await?;
+        let lease_ends: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(locked_until) FROM deliveries \
+             WHERE status = 'pending' AND locked_until > $1 \
+               AND webhook_id <> ALL ($2::bigint[])",
+        )
+        .bind(now_ms)
+        .bind(busy)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(match (due, lease_ends) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    async fn release_claims(&self, delivery_ids: &[i64]) -> StoreResult<()> {
+        if delivery_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE deliveries SET locked_until = NULL \
+             WHERE status = 'pending' AND id = ANY ($1::bigint[])",
+        )
+        .bind(delivery_ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_all_claims(&self) -> StoreResult<()> {
+        sqlx::query("UPDATE deliveries SET locked_until = NULL WHERE status = 'pending' AND locked_until IS NOT NULL")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            let finished_at = r.started_at_ms + r.latency_ms;
+            sqlx::query(
+                "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
+                 error_kind, error, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(r.delivery_id)
+            .bind(r.attempt)
+            .bind(r.started_at_ms)
+            .bind(r.status_code)
+            .bind(r.latency_ms)
+            .bind(r.error_kind)
+            .bind(&r.error)
+            .bind(&r.response_body)
+            .execute(&mut *tx)
+            .await?;
+            let (status, next_at, delivered_at) = match r.result {
+                AttemptResult::Succeeded => ("succeeded", None, Some(finished_at)),
+                AttemptResult::RetryAt(t) => ("pending", Some(t), None),
+                AttemptResult::Failed | AttemptResult::Gone => ("failed", None, None),
+            };
+            // A delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
+            sqlx::query(
+                "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = $2, \
+                 sent_at = COALESCE(sent_at, $3), status_code = $4, latency_ms = $5, error = $6, \
+                 locked_until = NULL, \
+                 status = CASE WHEN status = 'pending' THEN $7 ELSE status END, \
+                 next_attempt_at = CASE WHEN status = 'pending' THEN $8 ELSE NULL END, \
+                 delivered_at = COALESCE($9, delivered_at) \
+                 WHERE id = $1",
+            )
+            .bind(r.delivery_id)
+            .bind(finished_at)
+            .bind(r.started_at_ms)
+            .bind(r.status_code)
+            .bind(r.latency_ms)
+            .bind(&r.error)
+            .bind(status)
+            .bind(next_at)
+            .bind(delivered_at)
+            .execute(&mut *tx)
+            .await?;
+            if r.result == AttemptResult::Succeeded {
+                sqlx::query(
+                    "UPDATE webhooks SET consecutive_failures = 0, last_success_at = $2 WHERE id = $1",
+                )
+                .bind(r.webhook_id)
+                .bind(finished_at)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                sqlx::query(
+                    "UPDATE webhooks SET consecutive_failures = consecutive_failures + 1, \
+                     last_failure_at = $2, last_error = $3 WHERE id = $1",
+                )
+                .bind(r.webhook_id)
+                .bind(finished_at)
+                .bind(&r.error)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if r.result == AttemptResult::Gone {
+                let reason = format!(
+                    "the endpoint answered 410 Gone at {} UTC; set is_active to true to resume",
+                    crate::domain::time::format_ms(finished_at)
+                );
+                sqlx::query(
+                    "UPDATE webhooks SET is_active = FALSE, disabled_reason = $2, updated_at = $3 \
+                     WHERE id = $1 AND deleted_at IS NULL",
+                )
+                .bind(r.webhook_id)
+                .bind(&reason)
+                .bind(finished_at)
+                .execute(&mut *tx)
+                .await?;
+                fail_pending(
+                    &mut tx,
+                    r.webhook_id,
+                    "webhook deactivated: endpoint answered 410 Gone",
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn queue_depth(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn delivery_detail(
+        &self,
+        webhook_id: i64,
+        delivery_id: i64,
+    ) -> StoreResult<DeliveryDetail> {
+        let sql = format!(
+            "SELECT d.payload, d.event, {EXPLOIT_JOIN_COLUMNS} FROM deliveries d \
+             LEFT JOIN exploits e ON e.id = d.exploit_id WHERE d.id = $1 AND d.webhook_id = $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(delivery_id)
+            .bind(webhook_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let event: String = row.try_get("event")?;
+        let payload = body_from_row(&row, &event)?;
+        let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1");
+        let delivery = delivery_from_row(
+            &sqlx::query(&sql)
+                .bind(delivery_id)
+                .fetch_one(&self.pool)
+                .await?,
+        )?;
+        let attempts = sqlx::query(
+            "SELECT attempt, started_at, status_code, latency_ms, error_kind, error, response_body \
+             FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt, id",
+        )
+        .bind(delivery_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AttemptLog {
+                attempt: r.try_get("attempt")?,
+                started_at_ms: r.try_get("started_at")?,
+                status_code: r.try_get("status_code")?,
+                latency_ms: r.try_get("latency_ms")?,
+                error_kind: r.try_get("error_kind")?,
+                error: r.try_get("error")?,
+                response_body: r.try_get("response_body")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        Ok(DeliveryDetail {
+            delivery,
+            payload,
+            attempts,
+        })
+    }
+
+    async fn requeue_delivery(
+        &self,
+        webhook_id: i64,
+        delivery_id: i64,
+        now_ms: i64,
+    ) -> StoreResult<DeliveryRecord> {
+        let sql = format!(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = $3, locked_until = NULL, \
+             schedule_base = attempts, delivered_at = NULL \
+             WHERE id = $1 AND webhook_id = $2 RETURNING {DELIVERY_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(delivery_id)
+            .bind(webhook_id)
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        delivery_from_row(&row)
+    }
+
+    async fn create_test_delivery(
+        &self,
+        webhook_id: i64,
+        payload: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO deliveries (webhook_id, exploit_id, event, payload, status, next_attempt_at, \
+             locked_until, created_at) VALUES ($1, NULL, $2, $3, 'pending', $4, $5, $4) RETURNING id",
+        )
+        .bind(webhook_id)
+        .bind(crate::domain::payload::EVENT_WEBHOOK_TEST)
+        .bind(payload)
+        .bind(now_ms)
+        .bind(lease_until_ms)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn list_deliveries(
+        &self,
+        webhook_id: i64,
+        status: Option<DeliveryStatus>,
+        page: Page,
+    ) -> StoreResult<(Vec<DeliveryRecord>, u64)> {
+        let status = status.map(DeliveryStatus::as_str);
+        let offset = i64::from(page.page.saturating_sub(1)) * i64::from(page.page_size);
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE webhook_id = $1 AND ($2 IS NULL OR status = $2) \
+             ORDER BY id DESC LIMIT $3 OFFSET $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(webhook_id)
+            .bind(status)
+            .bind(i64::from(page.page_size))
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE webhook_id = $1 AND ($2 IS NULL OR status = $2)",
+        )
+        .bind(webhook_id)
+        .bind(status)
+        .fetch_one(&self.pool)
+        .await?;
+        let deliveries = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<StoreResult<_>>()?;
+        Ok((deliveries, total as u64))
+    }
+}
