@@ -58,7 +58,6 @@ async fn assert_every_admin_route_fails(
     }
 }
 
-#[tokio::test]
 async fn creating_a_user_returns_201_with_an_api_key() {
     let app = spawn_app().await;
 
@@ -72,7 +71,6 @@ async fn creating_a_user_returns_201_with_an_api_key() {
     assert_eq!(app.list_webhooks(key).await["total"], 0, "the key works");
 }
 
-#[tokio::test]
 async fn every_tier_can_be_given_and_each_user_gets_its_own_id_and_key() {
     let app = spawn_app().await;
     let mut ids = Vec::new();
@@ -93,7 +91,6 @@ async fn every_tier_can_be_given_and_each_user_gets_its_own_id_and_key() {
     assert_eq!(keys.len(), 4, "keys are distinct");
 }
 
-#[tokio::test]
 async fn creating_a_user_with_an_unknown_tier_is_a_422_naming_tier() {
     let app = spawn_app().await;
 
@@ -108,7 +105,6 @@ async fn creating_a_user_with_an_unknown_tier_is_a_422_naming_tier() {
     }
 }
 
-#[tokio::test]
 async fn creating_a_user_without_a_name_is_a_422() {
     let app = spawn_app().await;
 
@@ -123,7 +119,6 @@ async fn creating_a_user_without_a_name_is_a_422() {
     assert!(message.contains("name"), "{message:?}");
 }
 
-#[tokio::test]
 async fn malformed_json_to_the_admin_api_is_a_400() {
     let app = spawn_app().await;
 
@@ -138,7 +133,6 @@ async fn malformed_json_to_the_admin_api_is_a_400() {
     assert_error(resp, StatusCode::BAD_REQUEST, "malformed_json").await;
 }
 
-#[tokio::test]
 async fn changing_a_users_tier_returns_the_user() {
     let app = spawn_app().await;
     let created = app.create_user_named("carol", "team").await;
@@ -152,7 +146,6 @@ async fn changing_a_users_tier_returns_the_user() {
     assert!(user["created_at"].is_string(), "{user}");
 }
 
-#[tokio::test]
 async fn changing_the_tier_of_an_unknown_user_is_a_404() {
     let app = spawn_app().await;
     let (id, _) = app.create_user("team").await;
@@ -160,7 +153,6 @@ async fn changing_the_tier_of_an_unknown_user_is_a_404() {
     assert_not_found(app.set_tier(id + 1000, "enterprise").await).await;
 }
 
-#[tokio::test]
 async fn changing_a_tier_to_an_unknown_tier_is_a_422_and_changes_nothing() {
     let app = spawn_app().await;
     let (id, key) = app.create_user("free").await;
@@ -171,7 +163,6 @@ async fn changing_a_tier_to_an_unknown_tier_is_a_422_and_changes_nothing() {
     assert_error(resp, StatusCode::FORBIDDEN, "tier_limit").await;
 }
 
-#[tokio::test]
 async fn a_second_api_key_works_alongside_the_first() {
     let app = spawn_app().await;
     let (id, first) = app.create_user("team").await;
@@ -185,7 +176,6 @@ async fn a_second_api_key_works_alongside_the_first() {
     assert_eq!(app.list_webhooks(&second).await["total"], 1);
 }
 
-#[tokio::test]
 async fn creating_a_key_for_an_unknown_user_is_a_404() {
     let app = spawn_app().await;
     let (id, _) = app.create_user("team").await;
@@ -202,7 +192,6 @@ async fn creating_a_key_for_an_unknown_user_is_a_404() {
     assert_not_found(resp).await;
 }
 
-#[tokio::test]
 async fn admin_calls_without_the_admin_token_are_unauthorized() {
     let app = spawn_app().await;
     let (id, user_key) = app.create_user("team").await;
@@ -238,7 +227,6 @@ async fn admin_calls_without_the_admin_token_are_unauthorized() {
     assert_error(resp, StatusCode::FORBIDDEN, "tier_limit").await;
 }
 
-#[tokio::test]
 async fn every_admin_call_is_refused_while_the_admin_token_is_unset() {
     let app = spawn_app_with(|cfg| cfg.admin_token = None).await;
     let forbidden = StatusCode::FORBIDDEN;
@@ -265,7 +253,6 @@ async fn every_admin_call_is_refused_while_the_admin_token_is_unset() {
     .await;
 }
 
-#[tokio::test]
 async fn health_and_readiness_answer_200() {
     let app = spawn_app().await;
 
@@ -274,3 +261,19 @@ async fn health_and_readiness_answer_200() {
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
     }
 }
+
+crate::backend_tests!(
+    creating_a_user_returns_201_with_an_api_key,
+    every_tier_can_be_given_and_each_user_gets_its_own_id_and_key,
+    creating_a_user_with_an_unknown_tier_is_a_422_naming_tier,
+    creating_a_user_without_a_name_is_a_422,
+    malformed_json_to_the_admin_api_is_a_400,
+    changing_a_users_tier_returns_the_user,
+    changing_the_tier_of_an_unknown_user_is_a_404,
+    changing_a_tier_to_an_unknown_tier_is_a_422_and_changes_nothing,
+    a_second_api_key_works_alongside_the_first,
+    creating_a_key_for_an_unknown_user_is_a_404,
+    admin_calls_without_the_admin_token_are_unauthorized,
+    every_admin_call_is_refused_while_the_admin_token_is_unset,
+    health_and_readiness_answer_200,
+);

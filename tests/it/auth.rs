@@ -59,14 +59,12 @@ async fn app_with_a_webhook() -> (TestApp, String, i64) {
     (app, key, id)
 }
 
-#[tokio::test]
 async fn requests_without_an_api_key_are_unauthorized() {
     let (app, _, id) = app_with_a_webhook().await;
 
     assert_every_user_route_is_unauthorized(&app, id, |r| r, "no header").await;
 }
 
-#[tokio::test]
 async fn requests_with_an_unknown_api_key_are_unauthorized() {
     let (app, key, id) = app_with_a_webhook().await;
     let unknown = format!("{key}x");
@@ -76,7 +74,6 @@ async fn requests_with_an_unknown_api_key_are_unauthorized() {
     assert_every_user_route_is_unauthorized(&app, id, |r| r.bearer_auth(""), "empty key").await;
 }
 
-#[tokio::test]
 async fn a_key_sent_with_another_scheme_is_unauthorized() {
     let (app, key, id) = app_with_a_webhook().await;
 
@@ -97,7 +94,6 @@ async fn a_key_sent_with_another_scheme_is_unauthorized() {
     .await;
 }
 
-#[tokio::test]
 async fn the_admin_token_is_not_a_user_api_key() {
     let (app, _, id) = app_with_a_webhook().await;
     let admin = app.admin_token.clone();
@@ -106,7 +102,6 @@ async fn the_admin_token_is_not_a_user_api_key() {
         .await;
 }
 
-#[tokio::test]
 async fn unauthorized_requests_change_nothing() {
     let (app, key, id) = app_with_a_webhook().await;
     let mut before = app.get_webhook_ok(&key, id).await;
@@ -119,3 +114,11 @@ async fn unauthorized_requests_change_nothing() {
     assert_eq!(before, after);
     assert_eq!(app.list_webhooks(&key).await["total"], 1);
 }
+
+crate::backend_tests!(
+    requests_without_an_api_key_are_unauthorized,
+    requests_with_an_unknown_api_key_are_unauthorized,
+    a_key_sent_with_another_scheme_is_unauthorized,
+    the_admin_token_is_not_a_user_api_key,
+    unauthorized_requests_change_nothing,
+);

@@ -11,20 +11,26 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt as _;
 
+use crate::backend::TestDatabase;
 use crate::helpers::*;
 
 /// The binary pointed at a database file in its own temporary directory.
 struct Cli {
-    dir: TempDir,
     database_url: String,
+    _db: TestDatabase,
+    dir: TempDir,
 }
 
 impl Cli {
     /// A fresh database, migrated by the binary itself.
     async fn migrated() -> Cli {
         let dir = tempfile::tempdir().expect("create a temporary directory");
-        let database_url = format!("sqlite://{}", dir.path().join("cli.db").display());
-        let cli = Cli { dir, database_url };
+        let db = TestDatabase::create(dir.path(), "cli").await;
+        let cli = Cli {
+            database_url: db.url.clone(),
+            _db: db,
+            dir,
+        };
         cli.ok(&["migrate"]).await;
         cli
     }
@@ -131,14 +137,12 @@ fn lines_of(values: &[Value]) -> String {
     values.iter().map(|v| format!("{v}\n")).collect()
 }
 
-#[tokio::test]
 async fn migrate_exits_zero_and_can_run_again() {
     let cli = Cli::migrated().await;
 
     cli.ok(&["migrate"]).await;
 }
 
-#[tokio::test]
 async fn a_user_created_by_the_cli_can_use_the_api_of_a_server_on_the_same_database() {
     let cli = Cli::migrated().await;
 
@@ -157,7 +161,6 @@ async fn a_user_created_by_the_cli_can_use_the_api_of_a_server_on_the_same_datab
     assert_eq!(list["webhooks"][0]["id"], hook["id"]);
 }
 
-#[tokio::test]
 async fn creating_a_user_with_an_unknown_tier_fails() {
     let cli = Cli::migrated().await;
 
@@ -173,7 +176,6 @@ async fn creating_a_user_with_an_unknown_tier_fails() {
     );
 }
 
-#[tokio::test]
 async fn users_list_prints_one_json_object_per_user_per_line() {
     let cli = Cli::migrated().await;
     let alice = cli.create_user("alice", "team").await;
@@ -197,7 +199,6 @@ async fn users_list_prints_one_json_object_per_user_per_line() {
     }
 }
 
-#[tokio::test]
 async fn users_set_tier_changes_what_the_user_may_do_on_a_running_server() {
     let cli = Cli::migrated().await;
     let app = cli.server().await;
@@ -219,7 +220,6 @@ async fn users_set_tier_changes_what_the_user_may_do_on_a_running_server() {
     assert_eq!(entry["tier"], "enterprise");
 }
 
-#[tokio::test]
 async fn keys_create_prints_another_working_key() {
     let cli = Cli::migrated().await;
     let user = cli.create_user("alice", "team").await;
@@ -236,7 +236,6 @@ async fn keys_create_prints_another_working_key() {
     assert_eq!(app.list_webhooks(first).await["total"], 1);
 }
 
-#[tokio::test]
 async fn a_revoked_key_is_unauthorized_and_the_others_keep_working() {
     let cli = Cli::migrated().await;
     let user = cli.create_user("alice", "team").await;
@@ -263,7 +262,6 @@ async fn a_revoked_key_is_unauthorized_and_the_others_keep_working() {
     assert_eq!(app.list_webhooks(&second).await["total"], 0);
 }
 
-#[tokio::test]
 async fn revoking_an_unknown_key_fails() {
     let cli = Cli::migrated().await;
     let user = cli.create_user("alice", "team").await;
@@ -281,7 +279,6 @@ async fn revoking_an_unknown_key_fails() {
     app.list_webhooks(key).await;
 }
 
-#[tokio::test]
 async fn ingesting_a_file_with_bad_and_duplicate_lines_stores_the_good_ones_and_exits_1() {
     let cli = Cli::migrated().await;
     let a = exploit("0xAAA1", "Ethereum", "Uniswap", 250000.0);
@@ -346,7 +343,6 @@ fn bad_fixed(bad: &Value) -> Value {
     fixed
 }
 
-#[tokio::test]
 async fn a_line_that_is_not_json_is_rejected_and_the_others_are_stored() {
     let cli = Cli::migrated().await;
     let a = exploit(&unique_tx(), "ethereum", "aave", 1.0);
@@ -374,7 +370,6 @@ async fn a_line_that_is_not_json_is_rejected_and_the_others_are_stored() {
     }
 }
 
-#[tokio::test]
 async fn ingesting_a_json_array_from_stdin_with_duplicates_exits_0() {
     let cli = Cli::migrated().await;
     let e = exploit(&unique_tx(), "Ethereum", "Aave", 10.0);
@@ -404,7 +399,6 @@ async fn ingesting_a_json_array_from_stdin_with_duplicates_exits_0() {
     }
 }
 
-#[tokio::test]
 async fn exploits_ingested_by_the_cli_are_queued_for_matching_webhooks() {
     let cli = Cli::migrated().await;
     let app = cli.server().await;
@@ -435,3 +429,18 @@ async fn exploits_ingested_by_the_cli_are_queued_for_matching_webhooks() {
         assert_eq!(delivery["event"], "exploit.detected", "{delivery}");
     }
 }
+
+crate::backend_tests!(
+    migrate_exits_zero_and_can_run_again,
+    a_user_created_by_the_cli_can_use_the_api_of_a_server_on_the_same_database,
+    creating_a_user_with_an_unknown_tier_fails,
+    users_list_prints_one_json_object_per_user_per_line,
+    users_set_tier_changes_what_the_user_may_do_on_a_running_server,
+    keys_create_prints_another_working_key,
+    a_revoked_key_is_unauthorized_and_the_others_keep_working,
+    revoking_an_unknown_key_fails,
+    ingesting_a_file_with_bad_and_duplicate_lines_stores_the_good_ones_and_exits_1,
+    a_line_that_is_not_json_is_rejected_and_the_others_are_stored,
+    ingesting_a_json_array_from_stdin_with_duplicates_exits_0,
+    exploits_ingested_by_the_cli_are_queued_for_matching_webhooks,
+);

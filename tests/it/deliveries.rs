@@ -29,7 +29,6 @@ async fn ingest_several(app: &TestApp, n: usize) -> Vec<i64> {
     ids
 }
 
-#[tokio::test]
 async fn a_queued_delivery_is_listed_as_pending_with_nothing_sent_yet() {
     let (app, key, hook) = app_with_a_webhook().await;
     let exploit_id = app.ingest_new(&full_exploit()).await;
@@ -61,7 +60,6 @@ async fn a_queued_delivery_is_listed_as_pending_with_nothing_sent_yet() {
     assert!(delivery.get("next_attempt_at").is_some(), "{delivery}");
 }
 
-#[tokio::test]
 async fn a_webhook_without_deliveries_has_an_empty_log() {
     let (app, key, hook) = app_with_a_webhook().await;
 
@@ -73,7 +71,6 @@ async fn a_webhook_without_deliveries_has_an_empty_log() {
     );
 }
 
-#[tokio::test]
 async fn deliveries_are_listed_newest_first() {
     let (app, key, hook) = app_with_a_webhook().await;
     let ids = ingest_several(&app, 3).await;
@@ -93,7 +90,6 @@ async fn deliveries_are_listed_newest_first() {
     assert_eq!(delivery_ids, sorted, "delivery ids descend: {page}");
 }
 
-#[tokio::test]
 async fn deliveries_are_paginated_without_gaps_or_overlaps() {
     let (app, key, hook) = app_with_a_webhook().await;
     let ids = ingest_several(&app, 5).await;
@@ -115,7 +111,6 @@ async fn deliveries_are_paginated_without_gaps_or_overlaps() {
     assert_eq!(seen, newest_first);
 }
 
-#[tokio::test]
 async fn page_size_may_range_from_1_to_100() {
     let (app, key, hook) = app_with_a_webhook().await;
     ingest_several(&app, 2).await;
@@ -130,7 +125,6 @@ async fn page_size_may_range_from_1_to_100() {
     assert_eq!(largest["page_size"], 100);
 }
 
-#[tokio::test]
 async fn out_of_range_paging_is_a_422_naming_the_parameter() {
     let (app, key, hook) = app_with_a_webhook().await;
 
@@ -150,7 +144,6 @@ async fn out_of_range_paging_is_a_422_naming_the_parameter() {
     }
 }
 
-#[tokio::test]
 async fn deliveries_can_be_filtered_by_status() {
     let (app, key, hook) = app_with_a_webhook().await;
     let ids: BTreeSet<i64> = ingest_several(&app, 3).await.into_iter().collect();
@@ -175,7 +168,6 @@ async fn deliveries_can_be_filtered_by_status() {
     assert_eq!(exploit_ids(&combined).len(), 1, "{combined}");
 }
 
-#[tokio::test]
 async fn an_unknown_status_filter_is_a_422_naming_status() {
     let (app, key, hook) = app_with_a_webhook().await;
 
@@ -185,7 +177,6 @@ async fn an_unknown_status_filter_is_a_422_naming_status() {
     }
 }
 
-#[tokio::test]
 async fn each_webhook_sees_only_its_own_deliveries() {
     let app = spawn_api_app().await;
     let (_, key) = app.create_user("team").await;
@@ -214,3 +205,15 @@ async fn each_webhook_sees_only_its_own_deliveries() {
     assert_eq!(exploit_ids(&eth_page), vec![eth_exploit]);
     assert_eq!(exploit_ids(&base_page), vec![base_exploit]);
 }
+
+crate::backend_tests!(
+    a_queued_delivery_is_listed_as_pending_with_nothing_sent_yet,
+    a_webhook_without_deliveries_has_an_empty_log,
+    deliveries_are_listed_newest_first,
+    deliveries_are_paginated_without_gaps_or_overlaps,
+    page_size_may_range_from_1_to_100,
+    out_of_range_paging_is_a_422_naming_the_parameter,
+    deliveries_can_be_filtered_by_status,
+    an_unknown_status_filter_is_a_422_naming_status,
+    each_webhook_sees_only_its_own_deliveries,
+);

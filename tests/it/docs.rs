@@ -6,7 +6,6 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-#[tokio::test]
 async fn the_openapi_document_is_public_and_describes_the_webhook_api() {
     let app = spawn_app().await;
 
@@ -54,10 +53,14 @@ async fn assert_html(app: &TestApp, path: &str) {
     );
 }
 
-#[tokio::test]
 async fn the_html_docs_are_public() {
     let app = spawn_app().await;
 
     assert_html(&app, &format!("{WEBHOOKS}/docs/")).await;
     assert_html(&app, &format!("{WEBHOOKS}/docs")).await;
 }
+
+crate::backend_tests!(
+    the_openapi_document_is_public_and_describes_the_webhook_api,
+    the_html_docs_are_public,
+);

@@ -15,6 +15,8 @@ use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+use crate::backend::TestDatabase;
+
 /// Base path of the user webhook API.
 pub const WEBHOOKS: &str = "/api/v1/user-webhooks";
 /// The operator's exploit ingestion endpoint.
@@ -58,6 +60,8 @@ pub struct TestApp {
     #[allow(dead_code)]
     pub database_url: String,
     pub shutdown: CancellationToken,
+    // Declared before the directory: fields drop in order, the database first.
+    _db: TestDatabase,
     _dir: TempDir,
 }
 
@@ -100,10 +104,11 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     init_test_logging();
     let dir = tempfile::tempdir().expect("create a temporary directory");
     let db_path = dir.path().join("test.db");
+    let db = TestDatabase::create(dir.path(), "test").await;
     let admin_token = random_token();
 
     let mut config = Config::default();
-    config.database_url = format!("sqlite://{}", db_path.display());
+    config.database_url = db.url.clone();
     config.listen = "127.0.0.1:0".to_owned();
     config.admin_token = Some(admin_token.clone());
     config.allow_http = true;
@@ -136,6 +141,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         db_path,
         database_url,
         shutdown,
+        _db: db,
         _dir: dir,
     }
 }

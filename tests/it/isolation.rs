@@ -48,7 +48,6 @@ async fn assert_every_route_is_not_found(app: &TestApp, key: &str, id: i64) {
     }
 }
 
-#[tokio::test]
 async fn another_users_webhook_is_not_found_on_every_route() {
     let app = spawn_api_app().await;
     let (_, alice) = app.create_user("team").await;
@@ -82,7 +81,6 @@ async fn another_users_webhook_is_not_found_on_every_route() {
     assert_eq!(app.list_webhooks(&mallory).await["total"], 0);
 }
 
-#[tokio::test]
 async fn another_users_webhook_is_not_listed() {
     let app = spawn_app().await;
     let (_, alice) = app.create_user("team").await;
@@ -99,7 +97,6 @@ async fn another_users_webhook_is_not_listed() {
     assert_eq!(bob_list["webhooks"][0]["id"], bobs);
 }
 
-#[tokio::test]
 async fn a_webhook_id_that_does_not_exist_is_not_found_on_every_route() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -108,7 +105,6 @@ async fn a_webhook_id_that_does_not_exist_is_not_found_on_every_route() {
     assert_every_route_is_not_found(&app, &key, existing + 1000).await;
 }
 
-#[tokio::test]
 async fn a_deleted_webhook_is_not_found_on_every_route() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -121,7 +117,6 @@ async fn a_deleted_webhook_is_not_found_on_every_route() {
     assert_every_route_is_not_found(&app, &key, id).await;
 }
 
-#[tokio::test]
 async fn every_key_of_a_user_sees_the_same_webhooks() {
     let app = spawn_app().await;
     let (user_id, first_key) = app.create_user("team").await;
@@ -138,7 +133,6 @@ async fn every_key_of_a_user_sees_the_same_webhooks() {
     app.get_webhook_ok(&first_key, id).await;
 }
 
-#[tokio::test]
 async fn testing_another_users_webhook_is_not_found_and_sends_nothing() {
     let receiver = TestReceiver::start().await;
     let app = spawn_app_reaching_loopback().await;
@@ -182,3 +176,12 @@ async fn testing_another_users_webhook_is_not_found_and_sends_nothing() {
     .await;
     assert_eq!(receiver.count(), 2, "a refused test call sent a request");
 }
+
+crate::backend_tests!(
+    another_users_webhook_is_not_found_on_every_route,
+    another_users_webhook_is_not_listed,
+    a_webhook_id_that_does_not_exist_is_not_found_on_every_route,
+    a_deleted_webhook_is_not_found_on_every_route,
+    every_key_of_a_user_sees_the_same_webhooks,
+    testing_another_users_webhook_is_not_found_and_sends_nothing,
+);

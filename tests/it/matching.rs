@@ -112,7 +112,6 @@ fn webhook_table() -> Vec<(&'static str, Value, &'static [usize])> {
     ]
 }
 
-#[tokio::test]
 async fn each_exploit_is_queued_for_exactly_the_active_webhooks_whose_filters_match() {
     let app = spawn_api_app().await;
     let (_, key) = app.create_user("enterprise").await;
@@ -183,7 +182,6 @@ async fn each_exploit_is_queued_for_exactly_the_active_webhooks_whose_filters_ma
     assert_eq!(app.deliveries_ok(&key, paused, "").await["total"], 0);
 }
 
-#[tokio::test]
 async fn clearing_a_filter_with_null_lets_later_exploits_through() {
     let app = spawn_api_app().await;
     let (_, key) = app.create_user("team").await;
@@ -211,7 +209,6 @@ async fn clearing_a_filter_with_null_lets_later_exploits_through() {
     assert_eq!(exploit_ids(&page), vec![accepted_id(&caught)]);
 }
 
-#[tokio::test]
 async fn reactivating_a_webhook_resumes_deliveries_without_the_ones_it_missed() {
     let app = spawn_api_app().await;
     let (_, key) = app.create_user("team").await;
@@ -239,7 +236,6 @@ async fn reactivating_a_webhook_resumes_deliveries_without_the_ones_it_missed() 
     assert_eq!(exploit_ids(&page), vec![accepted_id(&caught)]);
 }
 
-#[tokio::test]
 async fn webhooks_of_every_user_receive_matching_exploits() {
     let app = spawn_api_app().await;
     let (_, alice) = app.create_user("team").await;
@@ -266,3 +262,10 @@ async fn webhooks_of_every_user_receive_matching_exploits() {
     let bob_page = app.deliveries_ok(&bob, bobs, "").await;
     assert_eq!(exploit_ids(&bob_page), vec![accepted_id(&on_base)]);
 }
+
+crate::backend_tests!(
+    each_exploit_is_queued_for_exactly_the_active_webhooks_whose_filters_match,
+    clearing_a_filter_with_null_lets_later_exploits_through,
+    reactivating_a_webhook_resumes_deliveries_without_the_ones_it_missed,
+    webhooks_of_every_user_receive_matching_exploits,
+);

@@ -16,7 +16,6 @@ async fn fill(app: &TestApp, key: &str, count: usize) -> Vec<i64> {
     ids
 }
 
-#[tokio::test]
 async fn free_and_pro_users_cannot_create_webhooks_and_are_told_to_upgrade_to_team() {
     let app = spawn_app().await;
 
@@ -32,7 +31,6 @@ async fn free_and_pro_users_cannot_create_webhooks_and_are_told_to_upgrade_to_te
     }
 }
 
-#[tokio::test]
 async fn a_team_user_can_create_five_webhooks_and_not_a_sixth() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -48,7 +46,6 @@ async fn a_team_user_can_create_five_webhooks_and_not_a_sixth() {
     assert_eq!(app.list_webhooks(&key).await["total"], 5);
 }
 
-#[tokio::test]
 async fn an_enterprise_user_can_create_fifty_webhooks_and_not_a_fifty_first() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("enterprise").await;
@@ -60,7 +57,6 @@ async fn an_enterprise_user_can_create_fifty_webhooks_and_not_a_fifty_first() {
     assert_eq!(app.list_webhooks(&key).await["total"], 50);
 }
 
-#[tokio::test]
 async fn deleting_a_webhook_frees_its_slot() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -74,7 +70,6 @@ async fn deleting_a_webhook_frees_its_slot() {
     assert_error(resp, StatusCode::FORBIDDEN, "tier_limit").await;
 }
 
-#[tokio::test]
 async fn inactive_webhooks_count_towards_the_limit() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -89,7 +84,6 @@ async fn inactive_webhooks_count_towards_the_limit() {
     assert_error(resp, StatusCode::FORBIDDEN, "tier_limit").await;
 }
 
-#[tokio::test]
 async fn upgrading_a_team_user_to_enterprise_raises_the_limit() {
     let app = spawn_app().await;
     let (user_id, key) = app.create_user("team").await;
@@ -102,7 +96,6 @@ async fn upgrading_a_team_user_to_enterprise_raises_the_limit() {
     assert_eq!(app.list_webhooks(&key).await["total"], 6);
 }
 
-#[tokio::test]
 async fn upgrading_a_free_user_to_team_lets_them_create_webhooks() {
     let app = spawn_app().await;
     let (user_id, key) = app.create_user("free").await;
@@ -114,7 +107,6 @@ async fn upgrading_a_free_user_to_team_lets_them_create_webhooks() {
     app.create_webhook_ok(&key, &webhook("now allowed")).await;
 }
 
-#[tokio::test]
 async fn the_limit_is_per_user() {
     let app = spawn_app().await;
     let (_, alice) = app.create_user("team").await;
@@ -124,7 +116,6 @@ async fn the_limit_is_per_user() {
     app.create_webhook_ok(&bob, &webhook("bob's first")).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_creates_never_exceed_the_tier_limit() {
     let app = spawn_app().await;
     // Several rounds, each with a fresh user one below the limit.
@@ -166,3 +157,15 @@ async fn concurrent_creates_never_exceed_the_tier_limit() {
         assert_eq!(app.list_webhooks(&key).await["total"], 5, "round {round}");
     }
 }
+
+crate::backend_tests!(
+    free_and_pro_users_cannot_create_webhooks_and_are_told_to_upgrade_to_team,
+    a_team_user_can_create_five_webhooks_and_not_a_sixth,
+    an_enterprise_user_can_create_fifty_webhooks_and_not_a_fifty_first,
+    deleting_a_webhook_frees_its_slot,
+    inactive_webhooks_count_towards_the_limit,
+    upgrading_a_team_user_to_enterprise_raises_the_limit,
+    upgrading_a_free_user_to_team_lets_them_create_webhooks,
+    the_limit_is_per_user,
+    concurrent_creates_never_exceed_the_tier_limit,
+);

@@ -16,7 +16,6 @@ fn full_webhook() -> Value {
     })
 }
 
-#[tokio::test]
 async fn creating_a_webhook_returns_201_with_the_webhook_and_its_secret() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -46,7 +45,6 @@ async fn creating_a_webhook_returns_201_with_the_webhook_and_its_secret() {
     );
 }
 
-#[tokio::test]
 async fn a_webhook_created_without_filters_has_null_filters_and_is_active() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -59,7 +57,6 @@ async fn a_webhook_created_without_filters_has_null_filters_and_is_active() {
     assert_eq!(hook["is_active"], true);
 }
 
-#[tokio::test]
 async fn empty_filter_lists_are_stored_as_null() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -81,7 +78,6 @@ async fn empty_filter_lists_are_stored_as_null() {
     }
 }
 
-#[tokio::test]
 async fn a_webhook_can_be_created_inactive() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -98,7 +94,6 @@ async fn a_webhook_can_be_created_inactive() {
     assert_eq!(fetched["is_active"], false);
 }
 
-#[tokio::test]
 async fn listing_webhooks_returns_all_of_the_users_webhooks_without_secrets() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -137,7 +132,6 @@ async fn listing_webhooks_returns_all_of_the_users_webhooks_without_secrets() {
     }
 }
 
-#[tokio::test]
 async fn listing_webhooks_of_a_user_without_any_returns_an_empty_list() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("free").await;
@@ -147,7 +141,6 @@ async fn listing_webhooks_of_a_user_without_any_returns_an_empty_list() {
     assert_eq!(list, json!({"webhooks": [], "total": 0}));
 }
 
-#[tokio::test]
 async fn getting_a_webhook_returns_it_with_health_and_without_its_secret() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -179,7 +172,6 @@ async fn getting_a_webhook_returns_it_with_health_and_without_its_secret() {
     }
 }
 
-#[tokio::test]
 async fn patching_with_absent_fields_leaves_them_unchanged() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -218,7 +210,6 @@ async fn patching_with_absent_fields_leaves_them_unchanged() {
     assert_eq!(fetched["chains"], created["chains"]);
 }
 
-#[tokio::test]
 async fn patching_an_empty_object_changes_nothing() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -244,7 +235,6 @@ async fn patching_an_empty_object_changes_nothing() {
     }
 }
 
-#[tokio::test]
 async fn patching_filters_with_null_or_empty_lists_clears_them() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -275,7 +265,6 @@ async fn patching_filters_with_null_or_empty_lists_clears_them() {
     }
 }
 
-#[tokio::test]
 async fn patching_one_filter_with_null_keeps_the_others() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -291,7 +280,6 @@ async fn patching_one_filter_with_null_keeps_the_others() {
     assert_eq!(patched["min_amount_usd"], created["min_amount_usd"]);
 }
 
-#[tokio::test]
 async fn patching_sets_new_values_and_they_persist() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -326,7 +314,6 @@ async fn patching_sets_new_values_and_they_persist() {
     }
 }
 
-#[tokio::test]
 async fn patching_name_url_or_is_active_with_null_is_rejected() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -344,7 +331,6 @@ async fn patching_name_url_or_is_active_with_null_is_rejected() {
     assert_eq!(fetched["is_active"], true);
 }
 
-#[tokio::test]
 async fn deleting_a_webhook_returns_204_and_it_is_gone() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -361,7 +347,6 @@ async fn deleting_a_webhook_returns_204_and_it_is_gone() {
     assert_eq!(list["webhooks"][0]["id"], kept);
 }
 
-#[tokio::test]
 async fn regenerating_the_secret_returns_a_new_secret() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -392,7 +377,6 @@ async fn regenerating_the_secret_returns_a_new_secret() {
     );
 }
 
-#[tokio::test]
 async fn every_created_webhook_gets_its_own_secret() {
     let app = spawn_app().await;
     let (_, key) = app.create_user("team").await;
@@ -403,3 +387,22 @@ async fn every_created_webhook_gets_its_own_secret() {
     assert_ne!(a["secret"], b["secret"]);
     assert_ne!(a["id"], b["id"]);
 }
+
+crate::backend_tests!(
+    creating_a_webhook_returns_201_with_the_webhook_and_its_secret,
+    a_webhook_created_without_filters_has_null_filters_and_is_active,
+    empty_filter_lists_are_stored_as_null,
+    a_webhook_can_be_created_inactive,
+    listing_webhooks_returns_all_of_the_users_webhooks_without_secrets,
+    listing_webhooks_of_a_user_without_any_returns_an_empty_list,
+    getting_a_webhook_returns_it_with_health_and_without_its_secret,
+    patching_with_absent_fields_leaves_them_unchanged,
+    patching_an_empty_object_changes_nothing,
+    patching_filters_with_null_or_empty_lists_clears_them,
+    patching_one_filter_with_null_keeps_the_others,
+    patching_sets_new_values_and_they_persist,
+    patching_name_url_or_is_active_with_null_is_rejected,
+    deleting_a_webhook_returns_204_and_it_is_gone,
+    regenerating_the_secret_returns_a_new_secret,
+    every_created_webhook_gets_its_own_secret,
+);
