@@ -115,7 +115,12 @@ impl Api {
     /// Ingests a batch; returns the deliveries it queued. Any rejected exploit is an error.
     pub async fn ingest(&self, body: Vec<u8>) -> anyhow::Result<u64> {
         let answer = self
-            .call(Method::POST, "/api/v1/exploits", &self.admin_token, Some(body))
+            .call(
+                Method::POST,
+                "/api/v1/exploits",
+                &self.admin_token,
+                Some(body),
+            )
             .await?;
         let results = answer["results"]
             .as_array()
@@ -140,7 +145,9 @@ impl Api {
     ) -> anyhow::Result<Value> {
         self.call(
             Method::GET,
-            &format!("/api/v1/user-webhooks/{webhook_id}/deliveries?page={page}&page_size={page_size}"),
+            &format!(
+                "/api/v1/user-webhooks/{webhook_id}/deliveries?page={page}&page_size={page_size}"
+            ),
             api_key,
             None,
         )

@@ -38,7 +38,8 @@ impl Pki {
         let mut leaf = CertificateParams::new(vec!["localhost".to_owned()])?;
         leaf.subject_alt_names
             .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        leaf.distinguished_name.push(DnType::CommonName, "localhost");
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         leaf.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

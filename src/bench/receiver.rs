@@ -88,7 +88,11 @@ impl Shared {
 
     /// Counts a delivery; checks the signature of a sample and times it when asked to.
     fn receive(&self, path: &str, signature: Option<&[u8]>, body: &[u8], at: Instant) {
-        if self.seen.fetch_add(1, Ordering::Relaxed) % SIGNATURE_SAMPLE == 0 {
+        if self
+            .seen
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SIGNATURE_SAMPLE)
+        {
             self.check_signature(path, signature, body);
         }
         let tracking = {
@@ -150,7 +154,8 @@ impl Receiver {
             .enable_all()
             .build()
             .context("starting the receiver's runtime")?;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the receiver")?;
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("binding the receiver")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let (up, _) = watch::channel(true);
@@ -261,7 +266,10 @@ impl Receiver {
         let mut out = self.shared.errors.lock().expect("lock").clone();
         let total = self.shared.error_count.load(Ordering::Relaxed) as usize;
         if total > out.len() {
-            out.push(format!("... and {} more receiver errors", total - out.len()));
+            out.push(format!(
+                "... and {} more receiver errors",
+                total - out.len()
+            ));
         }
         out
     }

@@ -42,7 +42,13 @@ impl ScenarioReport {
     }
 
     /// A measured number, rounded to what the measurement can tell.
-    pub fn number(&mut self, key: &'static str, label: &'static str, value: f64, unit: &'static str) {
+    pub fn number(
+        &mut self,
+        key: &'static str,
+        label: &'static str,
+        value: f64,
+        unit: &'static str,
+    ) {
         let rounded = (value * 1000.0).round() / 1000.0;
         let value = serde_json::Number::from_f64(rounded).map_or(Value::Null, Value::Number);
         self.metrics.push(Metric {
@@ -148,7 +154,11 @@ impl Report {
         let mut rows: Vec<[String; 3]> = Vec::new();
         for s in &self.scenarios {
             for (i, m) in s.metrics.iter().enumerate() {
-                let name = if i == 0 { s.name.to_owned() } else { String::new() };
+                let name = if i == 0 {
+                    s.name.to_owned()
+                } else {
+                    String::new()
+                };
                 rows.push([name, m.label.to_owned(), format_value(&m.value, m.unit)]);
             }
             if s.metrics.is_empty() {

@@ -17,8 +17,6 @@ use crate::domain::signature::{kamiyo_signature, standard_webhooks_signature};
 
 /// Bytes of the endpoint's answer kept in the delivery log.
 pub const RESPONSE_SNIPPET_BYTES: usize = 1024;
-/// Connections kept open per endpoint between attempts.
-const IDLE_CONNECTIONS_PER_HOST: usize = 32;
 const USER_AGENT: &str = concat!("kamiyo-webhooks/", env!("CARGO_PKG_VERSION"));
 
 #[derive(Debug, Error)]
@@ -92,7 +90,8 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut refused = None;
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
@@ -106,8 +105,10 @@ impl Resolve for GuardedResolver {
                 .collect();
             if allowed.is_empty() {
                 let why = refused.unwrap_or_else(|| "no address".to_string());
-                return Err(Box::new(BlockedAddress(format!("{host} resolves to {why}")))
-                    as Box<dyn StdError + Send + Sync>);
+                return Err(
+                    Box::new(BlockedAddress(format!("{host} resolves to {why}")))
+                        as Box<dyn StdError + Send + Sync>,
+                );
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -121,11 +122,14 @@ impl Sender {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(config.delivery_timeout)
             .connect_timeout(config.delivery_timeout)
-            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST)
+            // Many webhooks may share a host: keep as many connections as can be in use.
+            .pool_max_idle_per_host(config.max_in_flight)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .user_agent(USER_AGENT);
-        let policy = config.network_policy().map_err(|e| ClientError::Policy(e.to_string()))?;
+        let policy = config
+            .network_policy()
+            .map_err(|e| ClientError::Policy(e.to_string()))?;
         builder = builder.dns_resolver(Arc::new(GuardedResolver {
             policy: policy.clone(),
         }));

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -64,6 +64,16 @@ impl InFlight {
             .copied()
             .unwrap_or(0)
     }
+    /// Attempts in flight per webhook.
+    fn snapshot(&self) -> Vec<(i64, usize)> {
+        self.per_webhook
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(id, n)| (*id, *n))
+            .collect()
+    }
+
     /// Webhooks at their concurrency bound: not claimed for until one attempt ends.
     fn saturated(&self, cap: usize) -> Vec<i64> {
         self.per_webhook
@@ -94,11 +104,18 @@ impl Dispatcher {
     /// Runs until `shutdown`; then starts nothing new, lets attempts in flight finish
     /// (each bounded by the delivery timeout), records them, and returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let (record_tx, record_rx) = mpsc::unbounded_channel();
-        let recorder = tokio::spawn(run_recorder(self.store.clone(), record_rx));
+        // A permit covers claim, send and record: what was sent but not yet recorded (and
+        // so would be sent again after a crash) never exceeds max_in_flight, and when
+        // recording falls behind no new claims are made whose lease could run out first.
         let permits = Arc::new(Semaphore::new(self.config.max_in_flight));
+        let (record_tx, record_rx) = mpsc::channel(self.config.max_in_flight);
         let in_flight = Arc::new(InFlight::default());
         let capacity = Arc::new(Notify::new());
+        let recorder = tokio::spawn(run_recorder(
+            self.store.clone(),
+            record_rx,
+            capacity.clone(),
+        ));
         let cap = self.config.max_in_flight_per_endpoint;
         let mut tasks = JoinSet::new();
         tracing::info!(
@@ -110,14 +127,13 @@ impl Dispatcher {
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let free = permits.available_permits().min(CLAIM_BATCH);
-            let mut busy = in_flight.saturated(cap);
             let mut full_batch = false;
             if free > 0 {
                 let now = now_ms();
                 let lease_until = now + self.config.lease.as_millis() as i64;
                 match self
                     .store
-                    .claim_due_deliveries(now, lease_until, free, cap, &busy)
+                    .claim_due_deliveries(now, lease_until, free, cap, &in_flight.snapshot())
                     .await
                 {
                     Ok(batch) => {
@@ -139,10 +155,7 @@ impl Dispatcher {
                                 in_flight: in_flight.clone(),
                                 capacity: capacity.clone(),
                             };
-                            tasks.spawn(async move {
-                                job.attempt(d).await;
-                                drop(permit);
-                            });
+                            tasks.spawn(job.attempt(d, permit));
                         }
                         if !excess.is_empty() {
                             if let Err(e) = self.store.release_claims(&excess).await {
@@ -166,7 +179,7 @@ impl Dispatcher {
             }
             // Nothing more to claim now: sleep until something is due, new work is
             // queued, capacity frees up, or the fallback poll.
-            busy = in_flight.saturated(cap);
+            let busy = in_flight.saturated(cap);
             let now = now_ms();
             let mut wait = self.config.poll_interval;
             if free > 0 {
@@ -200,13 +213,13 @@ impl Dispatcher {
 struct Job {
     sender: Arc<Sender>,
     schedule: Vec<Duration>,
-    records: mpsc::UnboundedSender<AttemptRecord>,
+    records: mpsc::Sender<(AttemptRecord, OwnedSemaphorePermit)>,
     in_flight: Arc<InFlight>,
     capacity: Arc<Notify>,
 }
 
 impl Job {
-    async fn attempt(self, d: ClaimedDelivery) {
+    async fn attempt(self, d: ClaimedDelivery, permit: OwnedSemaphorePermit) {
         let span = tracing::info_span!(
             "delivery_attempt",
             webhook_id = d.webhook_id,
@@ -238,10 +251,10 @@ impl Job {
         }
         .instrument(span)
         .await;
-        // A closed channel means the process is stopping; the lease brings it back.
-        let _ = self.records.send(record);
         self.in_flight.remove(d.webhook_id);
         self.capacity.notify_one();
+        // A closed channel means the process is stopping; the lease brings it back.
+        let _ = self.records.send((record, permit)).await;
     }
 }
 
@@ -301,13 +314,23 @@ pub fn attempt_record(
 }
 
 /// Writes outcomes in batches; on a database error it keeps the batch and tries again.
-async fn run_recorder(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<AttemptRecord>) {
+/// Permits are returned only once their attempt is on disk.
+async fn run_recorder(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<(AttemptRecord, OwnedSemaphorePermit)>,
+    capacity: Arc<Notify>,
+) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
+    let mut permits = Vec::with_capacity(RECORD_BATCH);
+    while let Some((record, permit)) = rx.recv().await {
+        batch.push(record);
+        permits.push(permit);
         while batch.len() < RECORD_BATCH {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok((r, p)) => {
+                    batch.push(r);
+                    permits.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -318,5 +341,7 @@ async fn run_recorder(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Att
             tokio::time::sleep(ERROR_BACKOFF * failures.min(10)).await;
         }
         batch.clear();
+        permits.clear();
+        capacity.notify_one();
     }
 }

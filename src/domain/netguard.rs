@@ -135,7 +135,10 @@ pub struct NetworkPolicy {
 impl NetworkPolicy {
     pub fn new(allow: &[String]) -> Result<NetworkPolicy, String> {
         Ok(NetworkPolicy {
-            allow: allow.iter().map(|c| Cidr::parse(c)).collect::<Result<_, _>>()?,
+            allow: allow
+                .iter()
+                .map(|c| Cidr::parse(c))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -190,17 +193,48 @@ mod tests {
     #[test]
     fn every_private_class_is_blocked() {
         for ip in [
-            "0.0.0.0", "127.0.0.1", "127.1.2.3", "10.1.2.3", "172.16.0.1", "172.31.255.255",
-            "192.168.1.1", "169.254.169.254", "100.64.0.1", "100.127.255.255", "224.0.0.1",
-            "255.255.255.255", "240.0.0.1", "192.0.2.1", "198.51.100.7", "203.0.113.9",
-            "198.18.0.1", "::", "::1", "fc00::1", "fd12:3456::1", "fe80::1", "ff02::1",
-            "2001:db8::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::127.0.0.1",
-            "64:ff9b::a9fe:a9fe", "2002:7f00:1::1", "fec0::1",
+            "0.0.0.0",
+            "127.0.0.1",
+            "127.1.2.3",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "198.18.0.1",
+            "::",
+            "::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::1",
+            "fec0::1",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(blocked_reason(ip).is_some(), "{ip} should be blocked");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(blocked_reason(ip).is_none(), "{ip} should be allowed");
         }
@@ -210,9 +244,18 @@ mod tests {
     fn url_parsers_spellings_of_loopback_are_caught() {
         let p = NetworkPolicy::default();
         for u in [
-            "https://127.0.0.1/", "https://2130706433/", "https://0x7f000001/", "https://0177.0.0.1/",
-            "https://127.1/", "https://[::1]/", "https://[::ffff:7f00:1]/", "https://localhost/",
-            "https://LOCALHOST./", "https://a.localhost/", "https://0/", "https://[0:0:0:0:0:0:0:1]/",
+            "https://127.0.0.1/",
+            "https://2130706433/",
+            "https://0x7f000001/",
+            "https://0177.0.0.1/",
+            "https://127.1/",
+            "https://[::1]/",
+            "https://[::ffff:7f00:1]/",
+            "https://localhost/",
+            "https://LOCALHOST./",
+            "https://a.localhost/",
+            "https://0/",
+            "https://[0:0:0:0:0:0:0:1]/",
         ] {
             assert!(url_check(&p, u).is_err(), "{u} should be refused");
         }

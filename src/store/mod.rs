@@ -221,16 +221,17 @@ pub trait Store: Send + Sync + 'static {
     /// The webhook's delivery figures for its health report.
     async fn webhook_health(&self, webhook_id: i64, now_ms: i64) -> StoreResult<HealthFigures>;
 
-    /// Claims up to `limit` due deliveries until `lease_until`, at most `per_endpoint` per
-    /// webhook and none of the webhooks in `busy`. Deliveries of webhooks that are no
-    /// longer active are finished as failed instead.
+    /// Claims up to `limit` due deliveries until `lease_until`. A webhook with `n`
+    /// attempts already in flight here (listed in `in_flight`) gets at most
+    /// `per_endpoint - n` more. Deliveries of webhooks that are no longer active are
+    /// finished as failed instead.
     async fn claim_due_deliveries(
         &self,
         now_ms: i64,
         lease_until_ms: i64,
         limit: usize,
         per_endpoint: usize,
-        busy: &[i64],
+        in_flight: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>>;
 
     /// When the earliest pending delivery outside `busy` becomes claimable, if any.
@@ -286,7 +287,9 @@ pub async fn open(database_url: &str, pool_size: u32) -> StoreResult<Arc<dyn Sto
     if database_url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(database_url).await?))
     } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::open(database_url, pool_size).await?))
+        Ok(Arc::new(
+            postgres::PgStore::open(database_url, pool_size).await?,
+        ))
     } else {
         Err(StoreError::UnsupportedUrl(crate::config::redact_url(
             database_url,
@@ -310,4 +313,113 @@ pub(crate) fn decode_list(raw: Option<String>) -> StoreResult<Option<Vec<String>
         serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("filter list: {e}")))
     })
     .transpose()
+}
+
+/// What a batch of attempts changes in one webhook's health columns.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HealthDelta {
+    pub webhook_id: i64,
+    /// A success happened: the failure streak restarts from `failures`.
+    pub reset: bool,
+    /// Failures after the last success in the batch (or all, without one).
+    pub failures: i64,
+    pub last_success_at: Option<i64>,
+    pub last_failure_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// Folds a batch of attempts, in order, into one change per webhook.
+pub(crate) fn health_deltas(records: &[AttemptRecord]) -> Vec<HealthDelta> {
+    let mut out: Vec<HealthDelta> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for r in records {
+        let finished = r.started_at_ms + r.latency_ms;
+        let i = *index.entry(r.webhook_id).or_insert_with(|| {
+            out.push(HealthDelta {
+                webhook_id: r.webhook_id,
+                reset: false,
+                failures: 0,
+                last_success_at: None,
+                last_failure_at: None,
+                last_error: None,
+            });
+            out.len() - 1
+        });
+        let d = &mut out[i];
+        if r.result == AttemptResult::Succeeded {
+            d.reset = true;
+            d.failures = 0;
+            d.last_success_at = d.last_success_at.max(Some(finished));
+        } else {
+            d.failures += 1;
+            d.last_failure_at = d.last_failure_at.max(Some(finished));
+            d.last_error = r.error.clone();
+        }
+    }
+    out
+}
+
+/// The delivery columns an attempt sets: (status, next_attempt_at, delivered_at).
+pub(crate) fn delivery_outcome(r: &AttemptRecord) -> (&'static str, Option<i64>, Option<i64>) {
+    match r.result {
+        AttemptResult::Succeeded => ("succeeded", None, Some(r.started_at_ms + r.latency_ms)),
+        AttemptResult::RetryAt(t) => ("pending", Some(t), None),
+        AttemptResult::Failed | AttemptResult::Gone => ("failed", None, None),
+    }
+}
+
+/// Why a 410 deactivated a webhook, for its owner to read.
+pub(crate) fn gone_reason(at_ms: i64) -> String {
+    format!(
+        "the endpoint answered 410 Gone at {} UTC; set is_active to true to resume",
+        crate::domain::time::format_ms(at_ms)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(webhook_id: i64, t: i64, result: AttemptResult) -> AttemptRecord {
+        AttemptRecord {
+            delivery_id: t,
+            webhook_id,
+            attempt: 1,
+            started_at_ms: t,
+            latency_ms: 0,
+            status_code: None,
+            error_kind: None,
+            error: (result != AttemptResult::Succeeded).then(|| format!("e{t}")),
+            response_body: None,
+            result,
+        }
+    }
+
+    #[test]
+    fn health_deltas_count_failures_after_the_last_success() {
+        let d = health_deltas(&[
+            rec(1, 1, AttemptResult::Failed),
+            rec(1, 2, AttemptResult::Succeeded),
+            rec(1, 3, AttemptResult::RetryAt(9)),
+            rec(2, 4, AttemptResult::Failed),
+            rec(2, 5, AttemptResult::Gone),
+        ]);
+        assert_eq!(d.len(), 2);
+        assert!(d[0].reset);
+        assert_eq!(d[0].failures, 1);
+        assert_eq!(d[0].last_success_at, Some(2));
+        assert_eq!(d[0].last_error.as_deref(), Some("e3"));
+        assert!(!d[1].reset);
+        assert_eq!(d[1].failures, 2);
+        assert_eq!(d[1].last_failure_at, Some(5));
+    }
+}
+
+/// Webhooks with no room left for another attempt.
+pub(crate) fn saturated(in_flight: &[(i64, usize)], per_endpoint: usize) -> Vec<i64> {
+    in_flight
+        .iter()
+        .filter(|(_, n)| *n >= per_endpoint)
+        .map(|(id, _)| *id)
+        .collect()
 }

@@ -59,7 +59,6 @@ async fn fail_pending(tx: &mut Tx<'_>, webhook_id: i64, why: &str) -> StoreResul
     Ok(())
 }
 
-
 fn exploit_from_row(row: &PgRow) -> StoreResult<Exploit> {
     Ok(Exploit {
         id: row.try_get("e_id")?,
@@ -559,8 +558,11 @@ impl Store for PgStore {
         lease_until_ms: i64,
         limit: usize,
         per_endpoint: usize,
-        busy: &[i64],
+        in_flight: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let busy = saturated(in_flight, per_endpoint);
+        let (flight_ids, flight_counts): (Vec<i64>, Vec<i64>) =
+            in_flight.iter().map(|(id, n)| (*id, *n as i64)).unzip();
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -576,19 +578,21 @@ impl Store for PgStore {
                ORDER BY next_attempt_at LIMIT $3 \
                FOR UPDATE SKIP LOCKED), \
              ranked AS ( \
-               SELECT id, next_attempt_at, \
-                 ROW_NUMBER() OVER (PARTITION BY webhook_id ORDER BY next_attempt_at, id) AS rn \
-               FROM due) \
+               SELECT due.id, due.next_attempt_at, COALESCE(f.n, 0) AS busy_slots, \
+                 ROW_NUMBER() OVER (PARTITION BY due.webhook_id ORDER BY due.next_attempt_at, due.id) AS rn \
+               FROM due LEFT JOIN UNNEST($7::bigint[], $8::bigint[]) AS f (wid, n) ON f.wid = due.webhook_id) \
              UPDATE deliveries SET locked_until = $4 \
-             WHERE id IN (SELECT id FROM ranked WHERE rn <= $5 ORDER BY next_attempt_at LIMIT $6) \
+             WHERE id IN (SELECT id FROM ranked WHERE rn <= $5 - busy_slots ORDER BY next_attempt_at LIMIT $6) \
              RETURNING id",
         )
         .bind(now_ms)
-        .bind(busy)
+        .bind(&busy)
         .bind((limit * 8) as i64)
         .bind(lease_until_ms)
         .bind(per_endpoint as i64)
         .bind(limit as i64)
+        .bind(&flight_ids)
+        .bind(&flight_counts)
         .fetch_all(&mut *tx)
         .await?;
         if claimed.is_empty() {
@@ -602,10 +606,7 @@ impl Store for PgStore {
              LEFT JOIN exploits e ON e.id = d.exploit_id \
              WHERE d.id = ANY ($1::bigint[]) ORDER BY d.next_attempt_at, d.id"
         );
-        let rows = sqlx::query(&sql)
-            .bind(&claimed)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = sqlx::query(&sql).bind(&claimed).fetch_all(&mut *tx).await?;
         let mut out = Vec::with_capacity(rows.len());
         let mut stopped = Vec::new();
         for row in &rows {
@@ -693,89 +694,111 @@ impl Store for PgStore {
         if records.is_empty() {
             return Ok(());
         }
+        let ids: Vec<i64> = records.iter().map(|r| r.delivery_id).collect();
+        let attempts: Vec<i64> = records.iter().map(|r| r.attempt).collect();
+        let started: Vec<i64> = records.iter().map(|r| r.started_at_ms).collect();
+        let finished: Vec<i64> = records
+            .iter()
+            .map(|r| r.started_at_ms + r.latency_ms)
+            .collect();
+        let codes: Vec<Option<i64>> = records.iter().map(|r| r.status_code).collect();
+        let latencies: Vec<i64> = records.iter().map(|r| r.latency_ms).collect();
+        let kinds: Vec<Option<&str>> = records.iter().map(|r| r.error_kind).collect();
+        let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
+        let bodies: Vec<Option<&str>> =
+            records.iter().map(|r| r.response_body.as_deref()).collect();
+        let outcomes: Vec<_> = records.iter().map(delivery_outcome).collect();
+        let statuses: Vec<&str> = outcomes.iter().map(|o| o.0).collect();
+        let next_at: Vec<Option<i64>> = outcomes.iter().map(|o| o.1).collect();
+        let delivered: Vec<Option<i64>> = outcomes.iter().map(|o| o.2).collect();
+
         let mut tx = self.pool.begin().await?;
-        for r in records {
-            let finished_at = r.started_at_ms + r.latency_ms;
+        sqlx::query(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
+             error_kind, error, response_body) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+               $6::text[], $7::text[], $8::text[])",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&started)
+        .bind(&codes)
+        .bind(&latencies)
+        .bind(&kinds)
+        .bind(&errors)
+        .bind(&bodies)
+        .execute(&mut *tx)
+        .await?;
+        // A delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
+        sqlx::query(
+            "UPDATE deliveries d SET attempts = d.attempts + 1, last_attempt_at = v.finished, \
+             sent_at = COALESCE(d.sent_at, v.started), status_code = v.code, latency_ms = v.latency, \
+             error = v.error, locked_until = NULL, \
+             status = CASE WHEN d.status = 'pending' THEN v.status ELSE d.status END, \
+             next_attempt_at = CASE WHEN d.status = 'pending' THEN v.next_at ELSE NULL END, \
+             delivered_at = COALESCE(v.delivered, d.delivered_at) \
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], \
+               $7::text[], $8::bigint[], $9::bigint[]) \
+               AS v (id, finished, started, code, latency, error, status, next_at, delivered) \
+             WHERE d.id = v.id",
+        )
+        .bind(&ids)
+        .bind(&finished)
+        .bind(&started)
+        .bind(&codes)
+        .bind(&latencies)
+        .bind(&errors)
+        .bind(&statuses)
+        .bind(&next_at)
+        .bind(&delivered)
+        .execute(&mut *tx)
+        .await?;
+        let deltas = health_deltas(records);
+        // Ordered by id, so concurrent recorders lock webhook rows in the same order.
+        let mut deltas = deltas;
+        deltas.sort_by_key(|d| d.webhook_id);
+        let w_ids: Vec<i64> = deltas.iter().map(|d| d.webhook_id).collect();
+        let resets: Vec<bool> = deltas.iter().map(|d| d.reset).collect();
+        let failures: Vec<i64> = deltas.iter().map(|d| d.failures).collect();
+        let ok_at: Vec<Option<i64>> = deltas.iter().map(|d| d.last_success_at).collect();
+        let fail_at: Vec<Option<i64>> = deltas.iter().map(|d| d.last_failure_at).collect();
+        let last_errors: Vec<Option<&str>> =
+            deltas.iter().map(|d| d.last_error.as_deref()).collect();
+        sqlx::query(
+            "UPDATE webhooks w SET \
+             consecutive_failures = CASE WHEN v.reset THEN v.failures ELSE w.consecutive_failures + v.failures END, \
+             last_success_at = COALESCE(v.ok_at, w.last_success_at), \
+             last_failure_at = COALESCE(v.fail_at, w.last_failure_at), \
+             last_error = COALESCE(v.err, w.last_error) \
+             FROM UNNEST($1::bigint[], $2::bool[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[]) \
+               AS v (id, reset, failures, ok_at, fail_at, err) \
+             WHERE w.id = v.id",
+        )
+        .bind(&w_ids)
+        .bind(&resets)
+        .bind(&failures)
+        .bind(&ok_at)
+        .bind(&fail_at)
+        .bind(&last_errors)
+        .execute(&mut *tx)
+        .await?;
+        for r in records.iter().filter(|r| r.result == AttemptResult::Gone) {
+            let at = r.started_at_ms + r.latency_ms;
             sqlx::query(
-                "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
-                 error_kind, error, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "UPDATE webhooks SET is_active = FALSE, disabled_reason = $2, updated_at = $3 \
+                 WHERE id = $1 AND deleted_at IS NULL",
             )
-            .bind(r.delivery_id)
-            .bind(r.attempt)
-            .bind(r.started_at_ms)
-            .bind(r.status_code)
-            .bind(r.latency_ms)
-            .bind(r.error_kind)
-            .bind(&r.error)
-            .bind(&r.response_body)
+            .bind(r.webhook_id)
+            .bind(gone_reason(at))
+            .bind(at)
             .execute(&mut *tx)
             .await?;
-            let (status, next_at, delivered_at) = match r.result {
-                AttemptResult::Succeeded => ("succeeded", None, Some(finished_at)),
-                AttemptResult::RetryAt(t) => ("pending", Some(t), None),
-                AttemptResult::Failed | AttemptResult::Gone => ("failed", None, None),
-            };
-            // A delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
-            sqlx::query(
-                "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = $2, \
-                 sent_at = COALESCE(sent_at, $3), status_code = $4, latency_ms = $5, error = $6, \
-                 locked_until = NULL, \
-                 status = CASE WHEN status = 'pending' THEN $7 ELSE status END, \
-                 next_attempt_at = CASE WHEN status = 'pending' THEN $8 ELSE NULL END, \
-                 delivered_at = COALESCE($9, delivered_at) \
-                 WHERE id = $1",
+            fail_pending(
+                &mut tx,
+                r.webhook_id,
+                "webhook deactivated: endpoint answered 410 Gone",
             )
-            .bind(r.delivery_id)
-            .bind(finished_at)
-            .bind(r.started_at_ms)
-            .bind(r.status_code)
-            .bind(r.latency_ms)
-            .bind(&r.error)
-            .bind(status)
-            .bind(next_at)
-            .bind(delivered_at)
-            .execute(&mut *tx)
             .await?;
-            if r.result == AttemptResult::Succeeded {
-                sqlx::query(
-                    "UPDATE webhooks SET consecutive_failures = 0, last_success_at = $2 WHERE id = $1",
-                )
-                .bind(r.webhook_id)
-                .bind(finished_at)
-                .execute(&mut *tx)
-                .await?;
-            } else {
-                sqlx::query(
-                    "UPDATE webhooks SET consecutive_failures = consecutive_failures + 1, \
-                     last_failure_at = $2, last_error = $3 WHERE id = $1",
-                )
-                .bind(r.webhook_id)
-                .bind(finished_at)
-                .bind(&r.error)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if r.result == AttemptResult::Gone {
-                let reason = format!(
-                    "the endpoint answered 410 Gone at {} UTC; set is_active to true to resume",
-                    crate::domain::time::format_ms(finished_at)
-                );
-                sqlx::query(
-                    "UPDATE webhooks SET is_active = FALSE, disabled_reason = $2, updated_at = $3 \
-                     WHERE id = $1 AND deleted_at IS NULL",
-                )
-                .bind(r.webhook_id)
-                .bind(&reason)
-                .bind(finished_at)
-                .execute(&mut *tx)
-                .await?;
-                fail_pending(
-                    &mut tx,
-                    r.webhook_id,
-                    "webhook deactivated: endpoint answered 410 Gone",
-                )
-                .await?;
-            }
         }
         tx.commit().await?;
         Ok(())

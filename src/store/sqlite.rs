@@ -26,6 +26,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_CONNECTIONS: u32 = 8;
 /// SQLite allows 32766 bound parameters per statement; deliveries bind 5 each.
 const DELIVERY_ROWS_PER_INSERT: usize = 500;
+/// Attempt rows per statement (9 parameters each).
+const RECORDS_PER_STATEMENT: usize = 500;
 
 const WEBHOOK_COLUMNS: &str =
     "id, user_id, name, url, min_amount_usd, chains, protocols, categories, \
@@ -76,6 +78,15 @@ async fn fail_pending(tx: &mut Tx<'_>, webhook_id: i64, why: &str) -> StoreResul
 
 fn json_ids(ids: &[i64]) -> String {
     serde_json::to_string(ids).expect("ids encode")
+}
+
+/// `{"webhook id": attempts in flight}`, for `json_extract`.
+fn in_flight_json(in_flight: &[(i64, usize)]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = in_flight
+        .iter()
+        .map(|(id, n)| (id.to_string(), serde_json::Value::from(*n)))
+        .collect();
+    serde_json::Value::Object(map).to_string()
 }
 
 fn exploit_from_row(row: &SqliteRow) -> StoreResult<Exploit> {
@@ -545,7 +556,7 @@ impl Store for SqliteStore {
         lease_until_ms: i64,
         limit: usize,
         per_endpoint: usize,
-        busy: &[i64],
+        in_flight: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -561,19 +572,22 @@ impl Store for SqliteStore {
                  AND webhook_id NOT IN (SELECT value FROM json_each(?2)) \
                ORDER BY next_attempt_at LIMIT ?3), \
              ranked AS ( \
-               SELECT id, next_attempt_at, \
+               SELECT id, webhook_id, next_attempt_at, \
                  ROW_NUMBER() OVER (PARTITION BY webhook_id ORDER BY next_attempt_at, id) AS rn \
                FROM due) \
              UPDATE deliveries SET locked_until = ?4 \
-             WHERE id IN (SELECT id FROM ranked WHERE rn <= ?5 ORDER BY next_attempt_at LIMIT ?6) \
+             WHERE id IN (SELECT id FROM ranked \
+               WHERE rn <= ?5 - COALESCE(json_extract(?7, '$.\"' || webhook_id || '\"'), 0) \
+               ORDER BY next_attempt_at LIMIT ?6) \
              RETURNING id",
         )
         .bind(now_ms)
-        .bind(json_ids(busy))
+        .bind(json_ids(&saturated(in_flight, per_endpoint)))
         .bind((limit * 8) as i64)
         .bind(lease_until_ms)
         .bind(per_endpoint as i64)
         .bind(limit as i64)
+        .bind(in_flight_json(in_flight))
         .fetch_all(&mut *tx)
         .await?;
         if claimed.is_empty() {
@@ -680,88 +694,84 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        for r in records {
-            let finished_at = r.started_at_ms + r.latency_ms;
-            sqlx::query(
+        for chunk in records.chunks(RECORDS_PER_STATEMENT) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
-                 error_kind, error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .bind(r.delivery_id)
-            .bind(r.attempt)
-            .bind(r.started_at_ms)
-            .bind(r.status_code)
-            .bind(r.latency_ms)
-            .bind(r.error_kind)
-            .bind(&r.error)
-            .bind(&r.response_body)
-            .execute(&mut *tx)
-            .await?;
-            let (status, next_at, delivered_at) = match r.result {
-                AttemptResult::Succeeded => ("succeeded", None, Some(finished_at)),
-                AttemptResult::RetryAt(t) => ("pending", Some(t), None),
-                AttemptResult::Failed | AttemptResult::Gone => ("failed", None, None),
-            };
+                 error_kind, error, response_body) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.delivery_id)
+                    .push_bind(r.attempt)
+                    .push_bind(r.started_at_ms)
+                    .push_bind(r.status_code)
+                    .push_bind(r.latency_ms)
+                    .push_bind(r.error_kind)
+                    .push_bind(&r.error)
+                    .push_bind(&r.response_body);
+            });
+            qb.build().execute(&mut *tx).await?;
+
             // A delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "WITH v (id, finished, started, code, latency, error, status, next_at, delivered) AS (",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                let (status, next_at, delivered_at) = delivery_outcome(r);
+                b.push_bind(r.delivery_id)
+                    .push_bind(r.started_at_ms + r.latency_ms)
+                    .push_bind(r.started_at_ms)
+                    .push_bind(r.status_code)
+                    .push_bind(r.latency_ms)
+                    .push_bind(&r.error)
+                    .push_bind(status)
+                    .push_bind(next_at)
+                    .push_bind(delivered_at);
+            });
+            qb.push(
+                ") UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = v.finished, \
+                 sent_at = COALESCE(sent_at, v.started), status_code = v.code, latency_ms = v.latency, \
+                 error = v.error, locked_until = NULL, \
+                 status = CASE WHEN deliveries.status = 'pending' THEN v.status ELSE deliveries.status END, \
+                 next_attempt_at = CASE WHEN deliveries.status = 'pending' THEN v.next_at ELSE NULL END, \
+                 delivered_at = COALESCE(v.delivered, deliveries.delivered_at) \
+                 FROM v WHERE deliveries.id = v.id",
+            );
+            qb.build().execute(&mut *tx).await?;
+        }
+        for d in health_deltas(records) {
             sqlx::query(
-                "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = ?2, \
-                 sent_at = COALESCE(sent_at, ?3), status_code = ?4, latency_ms = ?5, error = ?6, \
-                 locked_until = NULL, \
-                 status = CASE WHEN status = 'pending' THEN ?7 ELSE status END, \
-                 next_attempt_at = CASE WHEN status = 'pending' THEN ?8 ELSE NULL END, \
-                 delivered_at = COALESCE(?9, delivered_at) \
-                 WHERE id = ?1",
+                "UPDATE webhooks SET \
+                 consecutive_failures = CASE WHEN ?2 THEN ?3 ELSE consecutive_failures + ?3 END, \
+                 last_success_at = COALESCE(?4, last_success_at), \
+                 last_failure_at = COALESCE(?5, last_failure_at), \
+                 last_error = COALESCE(?6, last_error) WHERE id = ?1",
             )
-            .bind(r.delivery_id)
-            .bind(finished_at)
-            .bind(r.started_at_ms)
-            .bind(r.status_code)
-            .bind(r.latency_ms)
-            .bind(&r.error)
-            .bind(status)
-            .bind(next_at)
-            .bind(delivered_at)
+            .bind(d.webhook_id)
+            .bind(d.reset)
+            .bind(d.failures)
+            .bind(d.last_success_at)
+            .bind(d.last_failure_at)
+            .bind(&d.last_error)
             .execute(&mut *tx)
             .await?;
-            if r.result == AttemptResult::Succeeded {
-                sqlx::query(
-                    "UPDATE webhooks SET consecutive_failures = 0, last_success_at = ?2 WHERE id = ?1",
-                )
-                .bind(r.webhook_id)
-                .bind(finished_at)
-                .execute(&mut *tx)
-                .await?;
-            } else {
-                sqlx::query(
-                    "UPDATE webhooks SET consecutive_failures = consecutive_failures + 1, \
-                     last_failure_at = ?2, last_error = ?3 WHERE id = ?1",
-                )
-                .bind(r.webhook_id)
-                .bind(finished_at)
-                .bind(&r.error)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if r.result == AttemptResult::Gone {
-                let reason = format!(
-                    "the endpoint answered 410 Gone at {} UTC; set is_active to true to resume",
-                    crate::domain::time::format_ms(finished_at)
-                );
-                sqlx::query(
-                    "UPDATE webhooks SET is_active = 0, disabled_reason = ?2, updated_at = ?3 \
-                     WHERE id = ?1 AND deleted_at IS NULL",
-                )
-                .bind(r.webhook_id)
-                .bind(&reason)
-                .bind(finished_at)
-                .execute(&mut *tx)
-                .await?;
-                fail_pending(
-                    &mut tx,
-                    r.webhook_id,
-                    "webhook deactivated: endpoint answered 410 Gone",
-                )
-                .await?;
-            }
+        }
+        for r in records.iter().filter(|r| r.result == AttemptResult::Gone) {
+            let at = r.started_at_ms + r.latency_ms;
+            sqlx::query(
+                "UPDATE webhooks SET is_active = 0, disabled_reason = ?2, updated_at = ?3 \
+                 WHERE id = ?1 AND deleted_at IS NULL",
+            )
+            .bind(r.webhook_id)
+            .bind(gone_reason(at))
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            fail_pending(
+                &mut tx,
+                r.webhook_id,
+                "webhook deactivated: endpoint answered 410 Gone",
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())

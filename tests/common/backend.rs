@@ -113,7 +113,7 @@ macro_rules! backend_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    crate::backend::run(crate::backend::Backend::Sqlite, super::$name()).await
+                    $crate::backend::run($crate::backend::Backend::Sqlite, super::$name()).await
                 }
             )*
         }
@@ -121,7 +121,7 @@ macro_rules! backend_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    crate::backend::run(crate::backend::Backend::Postgres, super::$name()).await
+                    $crate::backend::run($crate::backend::Backend::Postgres, super::$name()).await
                 }
             )*
         }

@@ -68,17 +68,30 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
     report.number(
         "drain_per_sec",
         "drain rate",
-        if drain_secs > 0.0 { delivered as f64 / drain_secs } else { 0.0 },
+        if drain_secs > 0.0 {
+            delivered as f64 / drain_secs
+        } else {
+            0.0
+        },
         "/s",
     );
     if let Some(mib) = peak_draining {
-        report.number("peak_rss_draining_mib", "peak RSS while draining", mib, "MiB");
+        report.number(
+            "peak_rss_draining_mib",
+            "peak RSS while draining",
+            mib,
+            "MiB",
+        );
     }
     report.note(format!(
         "one endpoint: the drain is bounded by max_in_flight_per_endpoint ({}); RSS is the \
          whole bench process{}",
         env.max_in_flight_per_endpoint,
-        if windowed { "" } else { " (lifetime peak: the kernel would not reset VmHWM)" }
+        if windowed {
+            ""
+        } else {
+            " (lifetime peak: the kernel would not reset VmHWM)"
+        }
     ));
     if queued != n {
         report.error(format!("ingest queued {queued} deliveries, expected {n}"));

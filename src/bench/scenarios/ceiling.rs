@@ -83,11 +83,20 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
     report.count("requests", "requests received", received);
     report.count("concurrency", "concurrency", concurrency as u64);
     report.count("body_bytes", "body size", body.len() as u64);
-    report.number("elapsed_secs", "first request to last receipt", elapsed, "s");
+    report.number(
+        "elapsed_secs",
+        "first request to last receipt",
+        elapsed,
+        "s",
+    );
     report.number(
         "requests_per_sec",
         "requests/s",
-        if elapsed > 0.0 { received as f64 / elapsed } else { 0.0 },
+        if elapsed > 0.0 {
+            received as f64 / elapsed
+        } else {
+            0.0
+        },
         "/s",
     );
     report.count(

@@ -48,12 +48,23 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
     report.number(
         "deliveries_per_sec",
         "deliveries/s",
-        if elapsed > 0.0 { delivered as f64 / elapsed } else { 0.0 },
+        if elapsed > 0.0 {
+            delivered as f64 / elapsed
+        } else {
+            0.0
+        },
         "/s",
     );
-    report.number("setup_secs", "setup (users + webhooks via API)", setup_secs, "s");
+    report.number(
+        "setup_secs",
+        "setup (users + webhooks via API)",
+        setup_secs,
+        "s",
+    );
     if queued != expected {
-        report.error(format!("ingest queued {queued} deliveries, expected {expected}"));
+        report.error(format!(
+            "ingest queued {queued} deliveries, expected {expected}"
+        ));
     }
     if !complete {
         report.error(format!(

@@ -51,7 +51,9 @@ pub async fn run(env: &Env, isolation: bool, done: &Report) -> anyhow::Result<Sc
         .collect();
     fx.create_webhooks(&paths).await?;
 
-    let total = (f64::from(env.rate) * env.duration.as_secs_f64()).round().max(1.0) as u64;
+    let total = (f64::from(env.rate) * env.duration.as_secs_f64())
+        .round()
+        .max(1.0) as u64;
     let bar = progress(total * healthy as u64, &format!("{name}: deliveries"));
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(env.rate)));
     // Catch up after a hiccup of the driver: the rate is what is promised.
@@ -103,7 +105,8 @@ pub async fn run(env: &Env, isolation: bool, done: &Report) -> anyhow::Result<Sc
     }
     report.count("deliveries", "deliveries timed", latencies.len() as u64);
     if let Some(p) = Percentiles::of(&latencies) {
-        let label = |plain: &'static str, healthy: &'static str| if isolation { healthy } else { plain };
+        let label =
+            |plain: &'static str, healthy: &'static str| if isolation { healthy } else { plain };
         report.number("p50_ms", label("p50", "healthy p50"), p.p50, "ms");
         report.number("p95_ms", label("p95", "healthy p95"), p.p95, "ms");
         report.number("p99_ms", label("p99", "healthy p99"), p.p99, "ms");
@@ -112,8 +115,12 @@ pub async fn run(env: &Env, isolation: bool, done: &Report) -> anyhow::Result<Sc
     }
     if isolation {
         match done.scenario("latency").and_then(|l| l.get("p99_ms")) {
-            Some(baseline) => report.number("baseline_p99_ms", "latency scenario p99", baseline, "ms"),
-            None => report.note("run the latency scenario too to see its p99 beside the healthy half's"),
+            Some(baseline) => {
+                report.number("baseline_p99_ms", "latency scenario p99", baseline, "ms")
+            }
+            None => {
+                report.note("run the latency scenario too to see its p99 beside the healthy half's")
+            }
         }
         report.count(
             "hung_requests",

@@ -41,8 +41,20 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
     report.count("webhook_rows", "rows of the listed webhook", per_webhook);
     report.number("fill_secs", "filling the table", fill_secs, "s");
     let pages = [
-        (1u32, "page1_p50_ms", "page1_p99_ms", "page 1 p50", "page 1 p99"),
-        (far_page, "far_page_p50_ms", "far_page_p99_ms", "far page p50", "far page p99"),
+        (
+            1u32,
+            "page1_p50_ms",
+            "page1_p99_ms",
+            "page 1 p50",
+            "page 1 p99",
+        ),
+        (
+            far_page,
+            "far_page_p50_ms",
+            "far_page_p99_ms",
+            "far page p50",
+            "far page p99",
+        ),
     ];
     for (page, k50, k99, l50, l99) in pages {
         let mut sample = Vec::with_capacity(requests);
@@ -66,7 +78,9 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
     report.count("far_page", "far page number", u64::from(far_page));
     report.count("requests_per_page", "requests per page", requests as u64);
     if queued != rows {
-        report.error(format!("ingest queued {queued} deliveries, expected {rows}"));
+        report.error(format!(
+            "ingest queued {queued} deliveries, expected {rows}"
+        ));
     }
     fx.stop().await?;
     Ok(report)

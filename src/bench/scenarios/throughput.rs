@@ -40,7 +40,11 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
     report.number(
         "deliveries_per_sec",
         "deliveries/s",
-        if elapsed > 0.0 { delivered as f64 / elapsed } else { 0.0 },
+        if elapsed > 0.0 {
+            delivered as f64 / elapsed
+        } else {
+            0.0
+        },
         "/s",
     );
     let ingest_secs = secs(started, ingested);

@@ -1,0 +1,48 @@
+//! Smoke test of `kamiyo-webhooks bench`: the quick throughput and ceiling scenarios run
+//! through the built binary and print the JSON keys scripts rely on.
+
+use std::process::Command;
+
+#[test]
+fn quick_bench_prints_throughput_and_ceiling_as_json() {
+    let output = Command::new(env!("CARGO_BIN_EXE_kamiyo-webhooks"))
+        .args([
+            "bench",
+            "--quick",
+            "--scenario",
+            "throughput,ceiling",
+            "--json",
+        ])
+        // Quiet logs; the JSON is on stdout either way.
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the kamiyo-webhooks binary");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench exited with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}"));
+
+    let deliveries_per_sec = report["throughput"]["deliveries_per_sec"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no throughput.deliveries_per_sec in {report}"));
+    assert!(deliveries_per_sec > 0.0, "{report}");
+    let requests_per_sec = report["ceiling"]["requests_per_sec"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no ceiling.requests_per_sec in {report}"));
+    assert!(requests_per_sec > 0.0, "{report}");
+    let ratio = report["throughput_to_ceiling"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no throughput_to_ceiling in {report}"));
+    assert!(ratio > 0.0, "{report}");
+    for scenario in ["throughput", "ceiling"] {
+        let errors = report[scenario]["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {scenario}.errors in {report}"));
+        assert!(errors.is_empty(), "{scenario} reported errors: {report}");
+    }
+}
