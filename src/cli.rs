@@ -10,8 +10,10 @@ use serde_json::{json, Value};
 use crate::api::exploits::ingest_values;
 use crate::config::{Config, Role};
 use crate::domain::secret::{generate_api_key, hash_api_key};
+use crate::domain::secretbox::SecretBox;
 use crate::domain::tier::Tier;
 use crate::startup::{Application, CancellationToken};
+use crate::store::secrets::{reencrypt_secrets, REENCRYPT_BATCH};
 use crate::store::{self, Store};
 
 #[derive(Debug, Parser)]
@@ -48,6 +50,9 @@ pub enum Command {
     Keys(KeysCommand),
     /// Ingest exploits from a JSON array or JSON lines file (`-` for stdin).
     Ingest { file: String },
+    /// Webhook secrets at rest.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Measure the service on this machine: in-process service, fresh database, own receiver.
     Bench(crate::bench::BenchArgs),
 }
@@ -77,6 +82,18 @@ pub enum KeysCommand {
     Create { user_id: i64 },
     /// Revoke an API key.
     Revoke { key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Seal every stored webhook secret with KAMIYO_ENCRYPTION_KEY: plain ones, and (for
+    /// key rotation) ones sealed with the old key. Batches of 500, one transaction each.
+    Reencrypt {
+        /// The previous key (base64 of 32 bytes); prefer the environment variable, which
+        /// does not show in the process list.
+        #[arg(long, env = "KAMIYO_OLD_ENCRYPTION_KEY", hide_env_values = true)]
+        old_key: Option<String>,
+    },
 }
 
 fn parse_tier(s: &str) -> Result<Tier, String> {
@@ -110,15 +127,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Users(cmd) => users(&*open(&config).await?, cmd).await,
         Command::Keys(cmd) => keys(&*open(&config).await?, cmd).await,
         Command::Ingest { file } => ingest(&*open(&config).await?, &file).await,
+        Command::Secrets(SecretsCommand::Reencrypt { old_key }) => {
+            reencrypt(&config, old_key.as_deref()).await
+        }
         Command::Bench(_) => unreachable!("handled above"),
     }
 }
 
 async fn open(config: &Config) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     config.validate()?;
-    let store = store::open(&config.database_url, config.db_pool_size).await?;
+    let store = store::open(
+        &config.database_url,
+        config.db_pool_size,
+        config.secret_codec()?,
+    )
+    .await?;
     store.migrate().await?;
     Ok(store)
+}
+
+async fn reencrypt(config: &Config, old_key: Option<&str>) -> anyhow::Result<i32> {
+    let Some(new_key) = config.encryption_key.as_deref() else {
+        bail!("KAMIYO_ENCRYPTION_KEY is not set: it names the key to encrypt with");
+    };
+    let new = SecretBox::from_base64(new_key)
+        .map_err(|m| anyhow::anyhow!("KAMIYO_ENCRYPTION_KEY: {m}"))?;
+    let old = old_key
+        .map(SecretBox::from_base64)
+        .transpose()
+        .map_err(|m| anyhow::anyhow!("--old-key / KAMIYO_OLD_ENCRYPTION_KEY: {m}"))?;
+    let store = open(config).await?;
+    let (summary, unreadable) =
+        reencrypt_secrets(&*store, old.as_ref(), &new, REENCRYPT_BATCH).await?;
+    println!("{}", serde_json::to_string(&summary)?);
+    if unreadable.is_empty() {
+        return Ok(0);
+    }
+    let shown: Vec<String> = unreadable.iter().take(20).map(i64::to_string).collect();
+    eprintln!(
+        "error: {} webhook secret(s) open with neither KAMIYO_ENCRYPTION_KEY nor the old key; \
+         left unchanged (webhook ids {}{})",
+        unreadable.len(),
+        shown.join(", "),
+        if unreadable.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    );
+    Ok(1)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -1,10 +1,12 @@
 //! Configuration: loaded once from `KAMIYO_*` variables into one typed struct, validated at start.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use thiserror::Error;
+
+use crate::domain::secretbox::{SecretBox, SecretCodec};
 
 /// Which parts of the service a `serve` process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -25,6 +27,62 @@ impl Role {
     pub fn runs_workers(self) -> bool {
         matches!(self, Role::All | Role::Worker)
     }
+}
+
+/// Requests per second per API key on the user API, with a burst allowance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Tokens added per second; 0 disables the limit.
+    pub per_second: u32,
+    /// Bucket size: how many requests may come at once after a quiet spell.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub const DEFAULT: RateLimit = RateLimit {
+        per_second: 20,
+        burst: 40,
+    };
+    pub const DISABLED: RateLimit = RateLimit {
+        per_second: 0,
+        burst: 0,
+    };
+
+    pub fn enabled(self) -> bool {
+        self.per_second > 0
+    }
+}
+
+/// One `host=ip` pair of `KAMIYO_RESOLVE`: the address a name resolves to, before DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolveOverride {
+    /// Lower case, without a trailing dot.
+    pub host: String,
+    pub ip: IpAddr,
+}
+
+/// Parses `host=ip,host=ip` (IPv6 with or without brackets); a host may repeat.
+pub fn parse_resolve(s: &str) -> Result<Vec<ResolveOverride>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (host, ip) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not a host=ip pair"))?;
+            let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
+            if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+                return Err(format!("{pair:?} does not start with a host name"));
+            }
+            let ip = ip
+                .trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .map_err(|_| format!("{pair:?} does not end with an IP address"))?;
+            Ok(ResolveOverride { host, ip })
+        })
+        .collect()
 }
 
 #[derive(Debug, Error)]
@@ -62,6 +120,11 @@ pub struct Config {
     pub extra_ca_certs: Option<PathBuf>,
     /// Base64 32-byte key encrypting webhook secrets at rest.
     pub encryption_key: Option<String>,
+    /// Requests per second (and burst) per API key on the user API; per process.
+    pub rate_limit: RateLimit,
+    /// Names resolved to fixed addresses before DNS (`KAMIYO_RESOLVE`, like curl's
+    /// `--resolve`); the network guard still judges the addresses.
+    pub resolve: Vec<ResolveOverride>,
     /// Which parts of the service `serve` runs.
     pub role: Role,
     /// Maximum concurrent delivery attempts in this process.
@@ -96,6 +159,8 @@ impl std::fmt::Debug for Config {
                 "encryption_key",
                 &self.encryption_key.as_ref().map(|_| "<set>"),
             )
+            .field("rate_limit", &self.rate_limit)
+            .field("resolve", &self.resolve)
             .field("role", &self.role)
             .field("max_in_flight", &self.max_in_flight)
             .field(
@@ -138,6 +203,8 @@ impl Default for Config {
             allow_private_networks: Vec::new(),
             extra_ca_certs: None,
             encryption_key: None,
+            rate_limit: RateLimit::DEFAULT,
+            resolve: Vec::new(),
             role: Role::All,
             max_in_flight: 256,
             max_in_flight_per_endpoint: 16,
@@ -154,6 +221,16 @@ impl Config {
     pub fn network_policy(&self) -> Result<crate::domain::netguard::NetworkPolicy, ConfigError> {
         crate::domain::netguard::NetworkPolicy::new(&self.allow_private_networks)
             .map_err(|m| config_error("KAMIYO_ALLOW_PRIVATE_NETWORKS", m))
+    }
+
+    /// How the stores write and read webhook secrets: sealed with `encryption_key` when set.
+    pub fn secret_codec(&self) -> Result<SecretCodec, ConfigError> {
+        self.encryption_key
+            .as_deref()
+            .map(SecretBox::from_base64)
+            .transpose()
+            .map(SecretCodec::new)
+            .map_err(|m| config_error("KAMIYO_ENCRYPTION_KEY", m))
     }
 
     /// Defaults overridden by `KAMIYO_*` environment variables.
@@ -193,6 +270,27 @@ impl Config {
         }
         c.extra_ca_certs = get("KAMIYO_EXTRA_CA_CERTS").map(PathBuf::from);
         c.encryption_key = get("KAMIYO_ENCRYPTION_KEY");
+        if let Some(v) = get("KAMIYO_RATE_LIMIT") {
+            let per_second = v.trim().parse::<u32>().map_err(|_| {
+                config_error(
+                    "KAMIYO_RATE_LIMIT",
+                    format!("{v:?} is not a whole number of requests per second (0 disables)"),
+                )
+            })?;
+            c.rate_limit = RateLimit {
+                per_second,
+                burst: per_second.saturating_mul(2),
+            };
+        }
+        if let Some(v) = get("KAMIYO_RATE_LIMIT_BURST") {
+            c.rate_limit.burst = parse_positive(&v)
+                .map_err(|m| config_error("KAMIYO_RATE_LIMIT_BURST", m))?
+                .try_into()
+                .map_err(|_| config_error("KAMIYO_RATE_LIMIT_BURST", "is too large"))?;
+        }
+        if let Some(v) = get("KAMIYO_RESOLVE") {
+            c.resolve = parse_resolve(&v).map_err(|m| config_error("KAMIYO_RESOLVE", m))?;
+        }
         if let Some(v) = get("KAMIYO_MAX_IN_FLIGHT") {
             c.max_in_flight =
                 parse_positive(&v).map_err(|m| config_error("KAMIYO_MAX_IN_FLIGHT", m))?;
@@ -261,6 +359,13 @@ impl Config {
         }
         crate::domain::netguard::NetworkPolicy::new(&self.allow_private_networks)
             .map_err(|m| config_error("KAMIYO_ALLOW_PRIVATE_NETWORKS", m))?;
+        self.secret_codec()?;
+        if self.rate_limit.enabled() && self.rate_limit.burst == 0 {
+            return Err(config_error(
+                "KAMIYO_RATE_LIMIT_BURST",
+                "must be at least 1 while KAMIYO_RATE_LIMIT is on",
+            ));
+        }
         if self.delivery_timeout.is_zero() {
             return Err(config_error(
                 "KAMIYO_DELIVERY_TIMEOUT",
@@ -352,13 +457,63 @@ mod tests {
     }
 
     #[test]
+    fn the_encryption_key_must_be_base64_of_32_bytes() {
+        use base64::Engine as _;
+        let good = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let c =
+            Config::from_lookup(|k| (k == "KAMIYO_ENCRYPTION_KEY").then(|| good.clone())).unwrap();
+        assert!(c.secret_codec().unwrap().encrypts());
+        for bad in ["hunter2hunter2", "c2hvcnQ=", "%%%%"] {
+            let e = Config::from_lookup(|k| (k == "KAMIYO_ENCRYPTION_KEY").then(|| bad.into()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("KAMIYO_ENCRYPTION_KEY: "), "{e}");
+            assert!(!e.contains(bad), "the message must not repeat the key: {e}");
+        }
+        assert!(!Config::default().secret_codec().unwrap().encrypts());
+    }
+
+    #[test]
+    fn rate_limit_and_resolve_overrides_parse() {
+        let c = Config::from_lookup(|k| match k {
+            "KAMIYO_RATE_LIMIT" => Some("5".into()),
+            "KAMIYO_RESOLVE" => Some("Evil.Test.=127.0.0.1, v6.test=[::1],v6.test=10.0.0.1".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            c.rate_limit,
+            RateLimit {
+                per_second: 5,
+                burst: 10
+            }
+        );
+        assert_eq!(c.resolve.len(), 3);
+        assert_eq!(c.resolve[0].host, "evil.test");
+        assert_eq!(c.resolve[1].ip, "::1".parse::<IpAddr>().unwrap());
+        let off = Config::from_lookup(|k| (k == "KAMIYO_RATE_LIMIT").then(|| "0".into())).unwrap();
+        assert!(!off.rate_limit.enabled());
+        assert_eq!(Config::default().rate_limit, RateLimit::DEFAULT);
+        for bad in ["evil.test", "=1.2.3.4", "evil.test=banana"] {
+            let e =
+                Config::from_lookup(|k| (k == "KAMIYO_RESOLVE").then(|| bad.into())).unwrap_err();
+            assert!(e.to_string().starts_with("KAMIYO_RESOLVE"), "{e}");
+        }
+        let e =
+            Config::from_lookup(|k| (k == "KAMIYO_RATE_LIMIT").then(|| "fast".into())).unwrap_err();
+        assert!(e.to_string().starts_with("KAMIYO_RATE_LIMIT"), "{e}");
+    }
+
+    #[test]
     fn debug_output_hides_secrets() {
         let c = Config {
             admin_token: Some("supersecretadmintoken".into()),
             database_url: "postgres://u:hunter2@localhost/db".into(),
+            encryption_key: Some("c2VjcmV0IGtleSBtYXRlcmlhbCBvZiAzMiBieXRlcyE=".into()),
             ..Config::default()
         };
         let s = format!("{c:?}");
+        assert!(!s.contains("c2VjcmV0"));
         assert!(!s.contains("supersecretadmintoken"));
         assert!(!s.contains("hunter2"));
     }

@@ -7,9 +7,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 pub use tokio_util::sync::CancellationToken;
 
+use crate::api::ratelimit::RateLimiter;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::delivery::{Dispatcher, Sender};
+use crate::store::secrets::check_stored_secrets;
 use crate::store::{self, Store};
 
 pub struct Application {
@@ -22,8 +24,17 @@ impl Application {
     /// Opens (and migrates) the database and binds the listen address.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         config.validate()?;
-        let store = store::open(&config.database_url, config.db_pool_size).await?;
+        let secrets = config.secret_codec()?;
+        let store = store::open(&config.database_url, config.db_pool_size, secrets.clone()).await?;
         store.migrate().await?;
+        // A key that cannot open the stored secrets stops the start, not each delivery.
+        let census = check_stored_secrets(&*store, &secrets).await?;
+        if secrets.encrypts() && census.plaintext > 0 {
+            tracing::warn!(
+                plaintext = census.plaintext,
+                "some webhook secrets are stored unencrypted; run `kamiyo-webhooks secrets reencrypt`"
+            );
+        }
         let (listener, port) = if config.role.runs_api() {
             let addr: SocketAddr = config.listen.parse()?;
             let listener = TcpListener::bind(addr)
@@ -39,6 +50,7 @@ impl Application {
         crate::metrics::handle();
         let state = AppState {
             store,
+            limiter: Arc::new(RateLimiter::new(config.rate_limit)),
             config: Arc::new(config),
             wake: Arc::new(Notify::new()),
             sender,

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use super::ratelimit::retry_after_secs;
 use super::AppState;
 use crate::domain::secret::hash_api_key;
 use crate::store::User;
@@ -101,9 +102,17 @@ impl FromRequestParts<AppState> for AuthUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let key_hash = hash_api_key(key);
+        // Before the lookup: a flood with one key, known or not, never reaches the database.
+        state
+            .limiter
+            .check(&key_hash, std::time::Instant::now())
+            .map_err(|wait| ApiError::RateLimited {
+                retry_after_secs: retry_after_secs(wait),
+            })?;
         let user = state
             .store
-            .user_by_api_key(&hash_api_key(key))
+            .user_by_api_key(&key_hash)
             .await?
             .ok_or(ApiError::Unauthorized)?;
         Ok(AuthUser(user))

@@ -1,10 +1,12 @@
 //! The HTTP API: routes, shared state, OpenAPI document and docs page.
 
 pub mod admin;
+pub mod dashboard;
 pub mod error;
 pub mod exploits;
 pub mod extract;
 pub mod ops;
+pub mod ratelimit;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use crate::delivery::Sender;
 use crate::domain::netguard::NetworkPolicy;
 use crate::store::Store;
 use error::ApiError;
+use ratelimit::RateLimiter;
 
 /// How long a request may take before the server answers 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,6 +42,8 @@ pub struct AppState {
     pub sender: Arc<Sender>,
     /// Which addresses webhooks may target.
     pub network: Arc<NetworkPolicy>,
+    /// Per-API-key request budget of the user API.
+    pub limiter: Arc<RateLimiter>,
 }
 
 impl AppState {
@@ -67,6 +72,7 @@ Every error has the shape `{\"error\":{\"code\":\"...\",\"message\":\"...\"}}`."
         webhooks::get_delivery,
         webhooks::retry_delivery,
         webhooks::test_webhook,
+        webhooks::webhook_stats,
         exploits::ingest,
         admin::create_user,
         admin::list_users,
@@ -109,6 +115,7 @@ pub fn app(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     Router::new()
         .merge(webhooks::router())
+        .merge(dashboard::router())
         .merge(admin::router())
         .merge(exploits::router())
         .merge(ops::router())

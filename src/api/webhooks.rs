@@ -52,6 +52,7 @@ pub fn router() -> Router<AppState> {
             post(retry_delivery),
         )
         .route("/api/v1/user-webhooks/{id}/test", post(test_webhook))
+        .route("/api/v1/user-webhooks/{id}/stats", get(webhook_stats))
 }
 
 /// A webhook to create.
@@ -333,13 +334,15 @@ pub async fn list_webhooks(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<Json<WebhookList>, ApiError> {
-    let webhooks: Vec<WebhookOut> = state
-        .store
-        .list_webhooks(user.id)
-        .await?
-        .into_iter()
-        .map(WebhookOut::from_webhook)
-        .collect();
+    let now = now_ms();
+    let mut webhooks = Vec::new();
+    // At most the tier's limit (50) of webhooks: one health query each stays cheap.
+    for webhook in state.store.list_webhooks(user.id).await? {
+        let health = state.store.webhook_health(webhook.id, now).await?;
+        let mut out = WebhookOut::from_webhook(webhook);
+        out.health = Some(health.into());
+        webhooks.push(out);
+    }
     Ok(Json(WebhookList {
         total: webhooks.len(),
         webhooks,
@@ -706,4 +709,124 @@ pub async fn test_webhook(
         .record_attempts(&[attempt_record(&claimed, now, outcome, result)])
         .await?;
     Ok(Json(answer))
+}
+
+/// The longest window the stats call covers: one week of hours.
+pub const MAX_STATS_HOURS: u32 = 168;
+const HOUR_MS: i64 = 3_600_000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsQuery {
+    /// How many hours back, the current one included: 1 to 168 (default 24).
+    pub hours: Option<String>,
+}
+
+/// One hour of a webhook's delivery attempts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsBucket {
+    /// Start of the hour, UTC, `YYYY-MM-DDTHH:MM:SS`.
+    pub start: String,
+    /// Attempts answered with a 2xx in time.
+    pub succeeded: u64,
+    /// Attempts that failed (error answer, timeout, connection error...).
+    pub failed: u64,
+    /// Mean latency of the hour's attempts; null for an hour without any.
+    pub mean_latency_ms: Option<f64>,
+}
+
+/// Delivery attempts per hour, oldest first, empty hours included.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsOut {
+    pub buckets: Vec<StatsBucket>,
+    pub hours: u32,
+}
+
+/// Builds `hours` hourly buckets ending with the hour holding `now_ms`, from the store's
+/// non-empty buckets counted from the first hour's start.
+pub fn hourly_buckets(
+    hours: u32,
+    now_ms: i64,
+    found: &[crate::store::AttemptBucket],
+) -> Vec<StatsBucket> {
+    let first = window_start(hours, now_ms);
+    (0..i64::from(hours))
+        .map(|i| {
+            let hit = found.iter().find(|b| b.index == i);
+            StatsBucket {
+                start: format_ms(first + i * HOUR_MS),
+                succeeded: hit.map_or(0, |b| b.succeeded),
+                failed: hit.map_or(0, |b| b.failed),
+                mean_latency_ms: hit
+                    .and_then(|b| b.mean_latency_ms)
+                    .map(|v| (v * 10.0).round() / 10.0),
+            }
+        })
+        .collect()
+}
+
+/// Start of the first of `hours` whole hours, the last being the one holding `now_ms`.
+fn window_start(hours: u32, now_ms: i64) -> i64 {
+    now_ms.div_euclid(HOUR_MS) * HOUR_MS - (i64::from(hours) - 1) * HOUR_MS
+}
+
+/// Delivery attempts per hour (succeeded, failed, mean latency) for a chart.
+#[utoipa::path(get, path = "/api/v1/user-webhooks/{id}/stats", tag = "deliveries",
+    security(("api_key" = [])), params(("id" = i64, Path, description = "Webhook id"), StatsQuery),
+    responses((status = 200, body = StatsOut), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn webhook_stats(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+    Query(q): Query<StatsQuery>,
+) -> Result<Json<StatsOut>, ApiError> {
+    let id = parse_id(&id)?;
+    let hours = parse_bounded("hours", q.hours.as_deref(), 24, 1, MAX_STATS_HOURS)?;
+    state
+        .store
+        .get_webhook(user.id, id)
+        .await
+        .map_err(webhook_not_found)?;
+    let now = now_ms();
+    let found = state
+        .store
+        .attempt_buckets(id, window_start(hours, now), HOUR_MS)
+        .await?;
+    Ok(Json(StatsOut {
+        buckets: hourly_buckets(hours, now, &found),
+        hours,
+    }))
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+    use crate::store::AttemptBucket;
+
+    #[test]
+    fn hourly_buckets_fill_empty_hours_and_end_with_the_current_one() {
+        // 2025-10-10T12:34:56Z
+        let now = 1_760_099_696_000;
+        let found = [AttemptBucket {
+            index: 2,
+            succeeded: 3,
+            failed: 1,
+            mean_latency_ms: Some(12.345),
+        }];
+        let buckets = hourly_buckets(3, now, &found);
+        let starts: Vec<_> = buckets.iter().map(|b| b.start.as_str()).collect();
+        assert_eq!(
+            starts,
+            [
+                "2025-10-10T10:00:00",
+                "2025-10-10T11:00:00",
+                "2025-10-10T12:00:00"
+            ]
+        );
+        assert_eq!((buckets[0].succeeded, buckets[0].failed), (0, 0));
+        assert_eq!(buckets[0].mean_latency_ms, None);
+        assert_eq!((buckets[2].succeeded, buckets[2].failed), (3, 1));
+        assert_eq!(buckets[2].mean_latency_ms, Some(12.3));
+    }
 }

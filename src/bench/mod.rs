@@ -99,6 +99,11 @@ pub struct BenchArgs {
     /// Concurrent delivery attempts to one webhook.
     #[arg(long, default_value_t = Config::default().max_in_flight_per_endpoint)]
     pub max_in_flight_per_endpoint: usize,
+    /// Deliver with this many `serve --role worker` child processes instead of in-process
+    /// workers (the in-process service then runs the API only). PostgreSQL only: a SQLite
+    /// database belongs to one process.
+    #[arg(long, default_value_t = 0)]
+    pub worker_processes: usize,
 }
 
 /// Runs the selected scenarios and prints the report. `database_url` is the global
@@ -111,6 +116,13 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
     if args.max_in_flight == 0 || args.max_in_flight_per_endpoint == 0 {
         bail!("--max-in-flight and --max-in-flight-per-endpoint must be at least 1");
     }
+    if args.worker_processes > 0
+        && !database_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    {
+        bail!("--worker-processes needs --database-url postgres://...: a SQLite database belongs to one process");
+    }
     let selected = selected_scenarios(&args.scenario);
     let env = Env {
         quick: args.quick,
@@ -118,6 +130,7 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         database_url,
         max_in_flight: args.max_in_flight,
         max_in_flight_per_endpoint: args.max_in_flight_per_endpoint,
+        worker_processes: args.worker_processes,
         webhooks: args.webhooks,
         exploits: args.exploits,
         rate: args.rate,

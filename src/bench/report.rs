@@ -235,6 +235,7 @@ mod tests {
             database_url: None,
             max_in_flight: 256,
             max_in_flight_per_endpoint: 16,
+            worker_processes: 0,
             webhooks: None,
             exploits: None,
             rate: 100,

@@ -31,6 +31,8 @@ pub struct ServiceOptions {
     pub delivery_timeout: Duration,
     /// `Role::Api` leaves deliveries queued (no workers).
     pub role: Role,
+    /// Child `serve --role worker` processes doing the delivering instead of this one.
+    pub worker_processes: usize,
 }
 
 pub struct Service {
@@ -38,6 +40,10 @@ pub struct Service {
     store: Arc<dyn Store>,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
+    /// External worker processes; killed when the service stops or is dropped.
+    workers: Vec<tokio::process::Child>,
+    /// Stops the service if a scenario fails before `stop` (before the files go).
+    _cancel_on_drop: tokio_util::sync::DropGuard,
     /// Holds the SQLite file; removed when the service is dropped.
     _dir: Option<TempDir>,
 }
@@ -66,14 +72,26 @@ impl Service {
             // The receiver is on loopback, which the outbound network guard refuses.
             allow_private_networks: vec!["127.0.0.0/8".into()],
             extra_ca_certs: opts.ca_pem.clone(),
-            role: opts.role,
+            role: if opts.worker_processes > 0 && opts.role == Role::All {
+                Role::Api
+            } else {
+                opts.role
+            },
             max_in_flight: opts.max_in_flight,
             max_in_flight_per_endpoint: opts.max_in_flight_per_endpoint,
+            // The bench is one client making thousands of calls on purpose.
+            rate_limit: crate::config::RateLimit::DISABLED,
             ..Config::default()
         };
-        let app = Application::build(config)
+        let app = Application::build(config.clone())
             .await
             .context("starting the service")?;
+        let mut workers = Vec::new();
+        if opts.role != Role::Api {
+            for _ in 0..opts.worker_processes {
+                workers.push(spawn_worker(&config)?);
+            }
+        }
         let store = app.store();
         let base_url = format!("http://127.0.0.1:{}", app.port());
         let stop = CancellationToken::new();
@@ -81,6 +99,8 @@ impl Service {
         Ok(Service {
             api: Arc::new(Api::new(base_url, admin_token)?),
             store,
+            workers,
+            _cancel_on_drop: stop.clone().drop_guard(),
             stop,
             task,
             _dir: dir,
@@ -93,7 +113,11 @@ impl Service {
     }
 
     /// Cancels the service and waits (bounded) for it to drain and stop.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for worker in &mut self.workers {
+            let _ = worker.start_kill();
+            let _ = worker.wait().await;
+        }
         self.stop.cancel();
         let abort = self.task.abort_handle();
         match tokio::time::timeout(STOP_DEADLINE, self.task).await {
@@ -106,4 +130,35 @@ impl Service {
             }
         }
     }
+}
+
+/// A `serve --role worker` child process with the same configuration.
+fn spawn_worker(config: &Config) -> anyhow::Result<tokio::process::Child> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let schedule: Vec<String> = config.retry_schedule.iter().map(|d| ms(*d)).collect();
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.args(["serve", "--role", "worker"])
+        .env("KAMIYO_DATABASE_URL", &config.database_url)
+        .env("KAMIYO_ALLOW_HTTP", config.allow_http.to_string())
+        .env(
+            "KAMIYO_ALLOW_PRIVATE_NETWORKS",
+            config.allow_private_networks.join(","),
+        )
+        .env("KAMIYO_RETRY_SCHEDULE", schedule.join(","))
+        .env("KAMIYO_DELIVERY_TIMEOUT", ms(config.delivery_timeout))
+        .env("KAMIYO_MAX_IN_FLIGHT", config.max_in_flight.to_string())
+        .env(
+            "KAMIYO_MAX_IN_FLIGHT_PER_ENDPOINT",
+            config.max_in_flight_per_endpoint.to_string(),
+        )
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(ca) = &config.extra_ca_certs {
+        cmd.env("KAMIYO_EXTRA_CA_CERTS", ca);
+    }
+    cmd.spawn().context("starting a worker process")
 }

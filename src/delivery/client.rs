@@ -4,6 +4,7 @@
 use std::error::Error as StdError;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -76,8 +77,10 @@ pub struct Sender {
 
 /// A name resolved only to addresses the guard allows; the connection then goes to one
 /// of exactly those addresses, so DNS rebinding between check and connect cannot work.
+/// Names in `overrides` (`KAMIYO_RESOLVE`) skip DNS; their addresses are judged the same.
 struct GuardedResolver {
     policy: NetworkPolicy,
+    overrides: Arc<HashMap<String, Vec<IpAddr>>>,
 }
 
 /// Every address a name resolved to is refused by the network guard.
@@ -88,10 +91,14 @@ pub struct BlockedAddress(String);
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy.clone();
+        let overrides = self.overrides.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let key = host.trim_end_matches('.').to_ascii_lowercase();
+            let resolved: Vec<SocketAddr> = match overrides.get(&key) {
+                Some(ips) => ips.iter().map(|ip| SocketAddr::new(*ip, 0)).collect(),
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
             let mut refused = None;
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
@@ -130,8 +137,13 @@ impl Sender {
         let policy = config
             .network_policy()
             .map_err(|e| ClientError::Policy(e.to_string()))?;
+        let mut overrides: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for o in &config.resolve {
+            overrides.entry(o.host.clone()).or_default().push(o.ip);
+        }
         builder = builder.dns_resolver(Arc::new(GuardedResolver {
             policy: policy.clone(),
+            overrides: Arc::new(overrides),
         }));
         if let Some(path) = &config.extra_ca_certs {
             let display = path.display().to_string();

@@ -5,7 +5,10 @@ pub mod filter;
 pub mod health;
 pub mod netguard;
 pub mod payload;
+#[cfg(test)]
+mod proptests;
 pub mod secret;
+pub mod secretbox;
 pub mod signature;
 pub mod tier;
 pub mod time;

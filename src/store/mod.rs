@@ -2,6 +2,7 @@
 //! per backend (SQLite embedded by default; PostgreSQL for many processes).
 
 pub mod postgres;
+pub mod secrets;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use thiserror::Error;
 
 use crate::domain::exploit::NewExploit;
 use crate::domain::health::HealthFigures;
+use crate::domain::secretbox::{SecretCodec, SecretError};
 use crate::domain::tier::Tier;
 use crate::domain::webhook::{NewWebhook, Webhook, WebhookPatch};
 
@@ -28,6 +30,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -156,6 +160,14 @@ pub struct DeliveryDetail {
     pub attempts: Vec<AttemptLog>,
 }
 
+/// A stored secret text to replace, unless it changed since it was read.
+#[derive(Debug, Clone)]
+pub struct SecretChange {
+    pub id: i64,
+    pub old: String,
+    pub new: String,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Page {
     /// 1-based.
@@ -213,6 +225,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the webhook; its pending deliveries stop.
     async fn delete_webhook(&self, user_id: i64, id: i64) -> StoreResult<()>;
     async fn set_webhook_secret(&self, user_id: i64, id: i64, secret: &str) -> StoreResult<()>;
+    /// The secret column as stored (sealed or plain) of webhooks with an id above
+    /// `after_id`, deleted ones included, by id: for re-encryption and start-up checks.
+    async fn stored_secrets(&self, after_id: i64, limit: u32) -> StoreResult<Vec<(i64, String)>>;
+    /// Replaces stored secret texts in one transaction; a row whose text is no longer
+    /// `old` (regenerated meanwhile) is left alone. Returns the ids replaced.
+    async fn replace_stored_secrets(&self, changes: &[SecretChange]) -> StoreResult<Vec<i64>>;
 
     /// Stores new exploits and queues a delivery for each matching active webhook, all in
     /// one transaction; duplicates (by chain and tx hash) are reported, not stored.
@@ -280,15 +298,31 @@ pub trait Store: Send + Sync + 'static {
         status: Option<DeliveryStatus>,
         page: Page,
     ) -> StoreResult<(Vec<DeliveryRecord>, u64)>;
+
+    /// Finished attempts of a webhook's deliveries started at or after `since_ms`, grouped
+    /// in buckets of `bucket_ms` counted from `since_ms` (bucket 0 starts there); only
+    /// buckets holding an attempt, by index.
+    async fn attempt_buckets(
+        &self,
+        webhook_id: i64,
+        since_ms: i64,
+        bucket_ms: i64,
+    ) -> StoreResult<Vec<AttemptBucket>>;
 }
 
-/// Opens the store named by a database URL.
-pub async fn open(database_url: &str, pool_size: u32) -> StoreResult<Arc<dyn Store>> {
+/// Opens the store named by a database URL; `secrets` seals and opens webhook secrets.
+pub async fn open(
+    database_url: &str,
+    pool_size: u32,
+    secrets: SecretCodec,
+) -> StoreResult<Arc<dyn Store>> {
     if database_url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(database_url).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(database_url, secrets).await?,
+        ))
     } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
         Ok(Arc::new(
-            postgres::PgStore::open(database_url, pool_size).await?,
+            postgres::PgStore::open(database_url, pool_size, secrets).await?,
         ))
     } else {
         Err(StoreError::UnsupportedUrl(crate::config::redact_url(
@@ -376,6 +410,15 @@ pub(crate) fn gone_reason(at_ms: i64) -> String {
     )
 }
 
+/// Webhooks with no room left for another attempt.
+pub(crate) fn saturated(in_flight: &[(i64, usize)], per_endpoint: usize) -> Vec<i64> {
+    in_flight
+        .iter()
+        .filter(|(_, n)| *n >= per_endpoint)
+        .map(|(id, _)| *id)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,11 +458,13 @@ mod tests {
     }
 }
 
-/// Webhooks with no room left for another attempt.
-pub(crate) fn saturated(in_flight: &[(i64, usize)], per_endpoint: usize) -> Vec<i64> {
-    in_flight
-        .iter()
-        .filter(|(_, n)| *n >= per_endpoint)
-        .map(|(id, _)| *id)
-        .collect()
+/// Attempts of one time bucket, for the delivery chart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptBucket {
+    /// 0-based position of the bucket after the window's start.
+    pub index: i64,
+    /// Attempts that got a 2xx answer in time.
+    pub succeeded: u64,
+    pub failed: u64,
+    pub mean_latency_ms: Option<f64>,
 }

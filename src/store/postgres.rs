@@ -14,10 +14,13 @@ use super::*;
 use crate::domain::exploit::Exploit;
 use crate::domain::filter::Filters;
 use crate::domain::payload::encode_event;
+use crate::domain::secretbox::SecretCodec;
 use crate::domain::time::now_ms;
 
 pub struct PgStore {
     pool: PgPool,
+    /// Seals webhook secrets on write and opens them on read.
+    secrets: SecretCodec,
 }
 
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,14 +36,25 @@ const DELIVERY_COLUMNS: &str =
      created_at, sent_at, delivered_at, status_code, latency_ms, error";
 
 impl PgStore {
-    pub async fn open(url: &str, max_connections: u32) -> StoreResult<PgStore> {
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        secrets: SecretCodec,
+    ) -> StoreResult<PgStore> {
         let options = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, secrets })
+    }
+
+    /// A webhook row with its secret opened.
+    fn webhook_from_row(&self, row: &PgRow) -> StoreResult<Webhook> {
+        let mut w = webhook_from_row(row)?;
+        w.secret = self.secrets.decode(&w.secret)?;
+        Ok(w)
     }
 }
 
@@ -316,14 +330,14 @@ impl Store for PgStore {
             .bind(encode_list(&new.filters.protocols))
             .bind(encode_list(&new.filters.categories))
             .bind(new.is_active)
-            .bind(&new.secret)
+            .bind(self.secrets.encode(&new.secret))
             .bind(now)
             .bind(i64::from(tier.max_webhooks()))
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::LimitReached(tier))?;
         tx.commit().await?;
-        webhook_from_row(&row)
+        self.webhook_from_row(&row)
     }
 
     async fn list_webhooks(&self, user_id: i64) -> StoreResult<Vec<Webhook>> {
@@ -335,7 +349,7 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(webhook_from_row)
+            .map(|row| self.webhook_from_row(row))
             .collect()
     }
 
@@ -349,7 +363,7 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::NotFound)?;
-        webhook_from_row(&row)
+        self.webhook_from_row(&row)
     }
 
     async fn update_webhook(
@@ -368,7 +382,7 @@ impl Store for PgStore {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound)?;
-        let mut w = webhook_from_row(&row)?;
+        let mut w = self.webhook_from_row(&row)?;
         patch.apply_to(&mut w);
         w.updated_at_ms = now_ms();
         sqlx::query(
@@ -421,7 +435,7 @@ impl Store for PgStore {
         )
         .bind(id)
         .bind(user_id)
-        .bind(secret)
+        .bind(self.secrets.encode(secret))
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
@@ -429,6 +443,35 @@ impl Store for PgStore {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    async fn stored_secrets(&self, after_id: i64, limit: u32) -> StoreResult<Vec<(i64, String)>> {
+        sqlx::query("SELECT id, secret FROM webhooks WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("id")?, row.try_get("secret")?)))
+            .collect()
+    }
+
+    async fn replace_stored_secrets(&self, changes: &[SecretChange]) -> StoreResult<Vec<i64>> {
+        let mut tx = self.pool.begin().await?;
+        let mut replaced = Vec::new();
+        for c in changes {
+            let done = sqlx::query("UPDATE webhooks SET secret = $2 WHERE id = $1 AND secret = $3")
+                .bind(c.id)
+                .bind(&c.new)
+                .bind(&c.old)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() > 0 {
+                replaced.push(c.id);
+            }
+        }
+        tx.commit().await?;
+        Ok(replaced)
     }
 
     async fn ingest_exploits(&self, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>> {
@@ -624,7 +667,7 @@ impl Store for PgStore {
                 id,
                 webhook_id: row.try_get("webhook_id")?,
                 url: row.try_get("url")?,
-                secret: row.try_get("secret")?,
+                secret: self.secrets.decode(&row.try_get::<String, _>("secret")?)?,
                 body: body_from_row(row, &event)?,
                 event,
                 attempt: attempts + 1,
@@ -935,5 +978,45 @@ impl Store for PgStore {
             .map(delivery_from_row)
             .collect::<StoreResult<_>>()?;
         Ok((deliveries, total as u64))
+    }
+
+    async fn attempt_buckets(
+        &self,
+        webhook_id: i64,
+        since_ms: i64,
+        bucket_ms: i64,
+    ) -> StoreResult<Vec<AttemptBucket>> {
+        // An attempt in the window finished after `since_ms`, so its delivery's
+        // `last_attempt_at` did too: that bound keeps old deliveries out of the join. The
+        // two halves match the two indexes (finished by time; pending by status).
+        let rows = sqlx::query(
+            "SELECT (a.started_at - $2) / $3 AS bucket, \
+               COUNT(*) FILTER (WHERE a.error_kind IS NULL) AS ok, \
+               COUNT(*) FILTER (WHERE a.error_kind IS NOT NULL) AS failed, \
+               (AVG(a.latency_ms))::float8 AS latency \
+             FROM (SELECT id FROM deliveries WHERE webhook_id = $1 AND status <> 'pending' \
+                     AND last_attempt_at >= $2 \
+                   UNION ALL \
+                   SELECT id FROM deliveries WHERE webhook_id = $1 AND status = 'pending' \
+                     AND last_attempt_at >= $2) d \
+             JOIN delivery_attempts a ON a.delivery_id = d.id \
+             WHERE a.started_at >= $2 \
+             GROUP BY bucket ORDER BY bucket",
+        )
+        .bind(webhook_id)
+        .bind(since_ms)
+        .bind(bucket_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptBucket {
+                    index: r.try_get("bucket")?,
+                    succeeded: r.try_get::<i64, _>("ok")? as u64,
+                    failed: r.try_get::<i64, _>("failed")? as u64,
+                    mean_latency_ms: r.try_get("latency")?,
+                })
+            })
+            .collect()
     }
 }

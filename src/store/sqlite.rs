@@ -5,21 +5,25 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::*;
 use crate::domain::exploit::Exploit;
 use crate::domain::filter::Filters;
 use crate::domain::payload::encode_event;
+use crate::domain::secretbox::SecretCodec;
 use crate::domain::time::now_ms;
 
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
+    /// Seals webhook secrets on write and opens them on read.
+    secrets: SecretCodec,
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,14 +42,18 @@ const DELIVERY_COLUMNS: &str =
      created_at, sent_at, delivered_at, status_code, latency_ms, error";
 
 impl SqliteStore {
-    pub async fn open(url: &str) -> StoreResult<SqliteStore> {
+    pub async fn open(url: &str, secrets: SecretCodec) -> StoreResult<SqliteStore> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: an acknowledged ingest survives a power cut, not only a crash.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Statement journals in memory: multi-row writes would otherwise write them
+            // to a temporary file with a syscall per page.
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-32768");
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -57,7 +65,18 @@ impl SqliteStore {
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { read, write })
+        Ok(SqliteStore {
+            read,
+            write,
+            secrets,
+        })
+    }
+
+    /// A webhook row with its secret opened.
+    fn webhook_from_row(&self, row: &SqliteRow) -> StoreResult<Webhook> {
+        let mut w = webhook_from_row(row)?;
+        w.secret = self.secrets.decode(&w.secret)?;
+        Ok(w)
     }
 }
 
@@ -174,6 +193,223 @@ fn delivery_from_row(row: &SqliteRow) -> StoreResult<DeliveryRecord> {
         latency_ms: row.try_get("latency_ms")?,
         error: row.try_get("error")?,
     })
+}
+
+/// The delivery hot path (claims and attempt outcomes) commits without waiting for the
+/// disk: after a power cut the worst case is a delivery sent once more (at-least-once).
+/// Everything else, ingest above all, keeps `synchronous = FULL`, and its next commit
+/// makes every earlier one durable too.
+impl SqliteStore {
+    async fn relaxed_writer(&self) -> StoreResult<PoolConnection<Sqlite>> {
+        let mut conn = self.write.acquire().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await?;
+        Ok(conn)
+    }
+
+    async fn restore_writer(mut conn: PoolConnection<Sqlite>) {
+        if let Err(e) = sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut *conn)
+            .await
+        {
+            // Never hand a relaxed connection back: a fresh one starts at FULL.
+            tracing::warn!(error = %e, "restoring synchronous = FULL failed; reconnecting");
+            conn.close_on_drop();
+        }
+    }
+
+    async fn claim_on(
+        &self,
+        conn: &mut SqliteConnection,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+        per_endpoint: usize,
+        in_flight: &[(i64, usize)],
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        // Look a little past `limit` so that one endpoint with a deep queue cannot hide
+        // the others from this claim; each endpoint gets at most `per_endpoint`.
+        let claimed: Vec<i64> = sqlx::query_scalar(
+            "WITH due AS ( \
+               SELECT id, webhook_id, next_attempt_at FROM deliveries \
+               WHERE status = 'pending' AND next_attempt_at <= ?1 \
+                 AND (locked_until IS NULL OR locked_until <= ?1) \
+                 AND webhook_id NOT IN (SELECT value FROM json_each(?2)) \
+               ORDER BY next_attempt_at LIMIT ?3), \
+             flight (wid, n) AS MATERIALIZED ( \
+               SELECT CAST(key AS INTEGER), value FROM json_each(?7)), \
+             ranked AS ( \
+               SELECT due.id, due.next_attempt_at, COALESCE(flight.n, 0) AS busy_slots, \
+                 ROW_NUMBER() OVER (PARTITION BY due.webhook_id ORDER BY due.next_attempt_at, due.id) AS rn \
+               FROM due LEFT JOIN flight ON flight.wid = due.webhook_id) \
+             UPDATE deliveries SET locked_until = ?4 \
+             WHERE id IN (SELECT id FROM ranked WHERE rn <= ?5 - busy_slots \
+               ORDER BY next_attempt_at LIMIT ?6) \
+             RETURNING id",
+        )
+        .bind(now_ms)
+        .bind(json_ids(&saturated(in_flight, per_endpoint)))
+        .bind((limit * 8) as i64)
+        .bind(lease_until_ms)
+        .bind(per_endpoint as i64)
+        .bind(limit as i64)
+        .bind(in_flight_json(in_flight))
+        .fetch_all(&mut *tx)
+        .await?;
+        if claimed.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT d.id, d.webhook_id, d.event, d.payload, d.attempts, d.schedule_base, \
+               w.url, w.secret, w.is_active, w.deleted_at, {EXPLOIT_JOIN_COLUMNS} \
+             FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+             LEFT JOIN exploits e ON e.id = d.exploit_id \
+             WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.next_attempt_at, d.id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(json_ids(&claimed))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut stopped = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let active: bool = row.try_get("is_active")?;
+            let deleted: Option<i64> = row.try_get("deleted_at")?;
+            if !active || deleted.is_some() {
+                stopped.push(id);
+                continue;
+            }
+            let event: String = row.try_get("event")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let base: i64 = row.try_get("schedule_base")?;
+            out.push(ClaimedDelivery {
+                id,
+                webhook_id: row.try_get("webhook_id")?,
+                url: row.try_get("url")?,
+                secret: self.secrets.decode(&row.try_get::<String, _>("secret")?)?,
+                body: body_from_row(row, &event)?,
+                event,
+                attempt: attempts + 1,
+                round_attempt: attempts - base + 1,
+            });
+        }
+        if !stopped.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
+                 error = 'webhook inactive' WHERE id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(json_ids(&stopped))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn record_on(
+        &self,
+        conn: &mut SqliteConnection,
+        records: &[AttemptRecord],
+    ) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        for chunk in records.chunks(RECORDS_PER_STATEMENT) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
+                 error_kind, error, response_body) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.delivery_id)
+                    .push_bind(r.attempt)
+                    .push_bind(r.started_at_ms)
+                    .push_bind(r.status_code)
+                    .push_bind(r.latency_ms)
+                    .push_bind(r.error_kind)
+                    .push_bind(&r.error)
+                    .push_bind(&r.response_body);
+            });
+            qb.build().execute(&mut *tx).await?;
+
+            // A delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "WITH v (id, finished, started, code, latency, error, status, next_at, delivered) AS (",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                let (status, next_at, delivered_at) = delivery_outcome(r);
+                b.push_bind(r.delivery_id)
+                    .push_bind(r.started_at_ms + r.latency_ms)
+                    .push_bind(r.started_at_ms)
+                    .push_bind(r.status_code)
+                    .push_bind(r.latency_ms)
+                    .push_bind(&r.error)
+                    .push_bind(status)
+                    .push_bind(next_at)
+                    .push_bind(delivered_at);
+            });
+            qb.push(
+                ") UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = v.finished, \
+                 sent_at = COALESCE(sent_at, v.started), status_code = v.code, latency_ms = v.latency, \
+                 error = v.error, locked_until = NULL, \
+                 status = CASE WHEN deliveries.status = 'pending' THEN v.status ELSE deliveries.status END, \
+                 next_attempt_at = CASE WHEN deliveries.status = 'pending' THEN v.next_at ELSE NULL END, \
+                 delivered_at = COALESCE(v.delivered, deliveries.delivered_at) \
+                 FROM v WHERE deliveries.id = v.id",
+            );
+            qb.build().execute(&mut *tx).await?;
+        }
+        let deltas = health_deltas(records);
+        for chunk in deltas.chunks(RECORDS_PER_STATEMENT) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("WITH v (id, reset, failures, ok_at, fail_at, err) AS (");
+            qb.push_values(chunk, |mut b, d| {
+                b.push_bind(d.webhook_id)
+                    .push_bind(d.reset)
+                    .push_bind(d.failures)
+                    .push_bind(d.last_success_at)
+                    .push_bind(d.last_failure_at)
+                    .push_bind(&d.last_error);
+            });
+            qb.push(
+                ") UPDATE webhooks SET \
+                 consecutive_failures = CASE WHEN v.reset THEN v.failures \
+                   ELSE webhooks.consecutive_failures + v.failures END, \
+                 last_success_at = COALESCE(v.ok_at, webhooks.last_success_at), \
+                 last_failure_at = COALESCE(v.fail_at, webhooks.last_failure_at), \
+                 last_error = COALESCE(v.err, webhooks.last_error) \
+                 FROM v WHERE webhooks.id = v.id",
+            );
+            qb.build().execute(&mut *tx).await?;
+        }
+        for r in records.iter().filter(|r| r.result == AttemptResult::Gone) {
+            let at = r.started_at_ms + r.latency_ms;
+            sqlx::query(
+                "UPDATE webhooks SET is_active = 0, disabled_reason = ?2, updated_at = ?3 \
+                 WHERE id = ?1 AND deleted_at IS NULL",
+            )
+            .bind(r.webhook_id)
+            .bind(gone_reason(at))
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            fail_pending(
+                &mut tx,
+                r.webhook_id,
+                "webhook deactivated: endpoint answered 410 Gone",
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -319,13 +555,13 @@ impl Store for SqliteStore {
             .bind(encode_list(&new.filters.protocols))
             .bind(encode_list(&new.filters.categories))
             .bind(new.is_active)
-            .bind(&new.secret)
+            .bind(self.secrets.encode(&new.secret))
             .bind(now)
             .bind(i64::from(tier.max_webhooks()))
             .fetch_optional(&self.write)
             .await?
             .ok_or(StoreError::LimitReached(tier))?;
-        webhook_from_row(&row)
+        self.webhook_from_row(&row)
     }
 
     async fn list_webhooks(&self, user_id: i64) -> StoreResult<Vec<Webhook>> {
@@ -337,7 +573,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.read)
             .await?
             .iter()
-            .map(webhook_from_row)
+            .map(|row| self.webhook_from_row(row))
             .collect()
     }
 
@@ -351,7 +587,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.read)
             .await?
             .ok_or(StoreError::NotFound)?;
-        webhook_from_row(&row)
+        self.webhook_from_row(&row)
     }
 
     async fn update_webhook(
@@ -370,7 +606,7 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound)?;
-        let mut w = webhook_from_row(&row)?;
+        let mut w = self.webhook_from_row(&row)?;
         patch.apply_to(&mut w);
         w.updated_at_ms = now_ms();
         sqlx::query(
@@ -423,7 +659,7 @@ impl Store for SqliteStore {
         )
         .bind(id)
         .bind(user_id)
-        .bind(secret)
+        .bind(self.secrets.encode(secret))
         .bind(now_ms())
         .execute(&self.write)
         .await?;
@@ -431,6 +667,35 @@ impl Store for SqliteStore {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    async fn stored_secrets(&self, after_id: i64, limit: u32) -> StoreResult<Vec<(i64, String)>> {
+        sqlx::query("SELECT id, secret FROM webhooks WHERE id > ?1 ORDER BY id LIMIT ?2")
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("id")?, row.try_get("secret")?)))
+            .collect()
+    }
+
+    async fn replace_stored_secrets(&self, changes: &[SecretChange]) -> StoreResult<Vec<i64>> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let mut replaced = Vec::new();
+        for c in changes {
+            let done = sqlx::query("UPDATE webhooks SET secret = ?2 WHERE id = ?1 AND secret = ?3")
+                .bind(c.id)
+                .bind(&c.new)
+                .bind(&c.old)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() > 0 {
+                replaced.push(c.id);
+            }
+        }
+        tx.commit().await?;
+        Ok(replaced)
     }
 
     async fn ingest_exploits(&self, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>> {
@@ -558,88 +823,26 @@ impl Store for SqliteStore {
         per_endpoint: usize,
         in_flight: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        // Look a little past `limit` so that one endpoint with a deep queue cannot hide
-        // the others from this claim; each endpoint gets at most `per_endpoint`.
-        let claimed: Vec<i64> = sqlx::query_scalar(
-            "WITH due AS ( \
-               SELECT id, webhook_id, next_attempt_at FROM deliveries \
-               WHERE status = 'pending' AND next_attempt_at <= ?1 \
-                 AND (locked_until IS NULL OR locked_until <= ?1) \
-                 AND webhook_id NOT IN (SELECT value FROM json_each(?2)) \
-               ORDER BY next_attempt_at LIMIT ?3), \
-             ranked AS ( \
-               SELECT id, webhook_id, next_attempt_at, \
-                 ROW_NUMBER() OVER (PARTITION BY webhook_id ORDER BY next_attempt_at, id) AS rn \
-               FROM due) \
-             UPDATE deliveries SET locked_until = ?4 \
-             WHERE id IN (SELECT id FROM ranked \
-               WHERE rn <= ?5 - COALESCE(json_extract(?7, '$.\"' || webhook_id || '\"'), 0) \
-               ORDER BY next_attempt_at LIMIT ?6) \
-             RETURNING id",
-        )
-        .bind(now_ms)
-        .bind(json_ids(&saturated(in_flight, per_endpoint)))
-        .bind((limit * 8) as i64)
-        .bind(lease_until_ms)
-        .bind(per_endpoint as i64)
-        .bind(limit as i64)
-        .bind(in_flight_json(in_flight))
-        .fetch_all(&mut *tx)
-        .await?;
-        if claimed.is_empty() {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT d.id, d.webhook_id, d.event, d.payload, d.attempts, d.schedule_base, \
-               w.url, w.secret, w.is_active, w.deleted_at, {EXPLOIT_JOIN_COLUMNS} \
-             FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-             LEFT JOIN exploits e ON e.id = d.exploit_id \
-             WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.next_attempt_at, d.id"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(json_ids(&claimed))
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut stopped = Vec::new();
-        for row in &rows {
-            let id: i64 = row.try_get("id")?;
-            let active: bool = row.try_get("is_active")?;
-            let deleted: Option<i64> = row.try_get("deleted_at")?;
-            if !active || deleted.is_some() {
-                stopped.push(id);
-                continue;
-            }
-            let event: String = row.try_get("event")?;
-            let attempts: i64 = row.try_get("attempts")?;
-            let base: i64 = row.try_get("schedule_base")?;
-            out.push(ClaimedDelivery {
-                id,
-                webhook_id: row.try_get("webhook_id")?,
-                url: row.try_get("url")?,
-                secret: row.try_get("secret")?,
-                body: body_from_row(row, &event)?,
-                event,
-                attempt: attempts + 1,
-                round_attempt: attempts - base + 1,
-            });
-        }
-        if !stopped.is_empty() {
-            sqlx::query(
-                "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
-                 error = 'webhook inactive' WHERE id IN (SELECT value FROM json_each(?1))",
+        let mut conn = self.relaxed_writer().await?;
+        let result = self
+            .claim_on(
+                &mut conn,
+                now_ms,
+                lease_until_ms,
+                limit,
+                per_endpoint,
+                in_flight,
             )
-            .bind(json_ids(&stopped))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(out)
+            .await;
+        Self::restore_writer(conn).await;
+        result
+    }
+
+    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()> {
+        let mut conn = self.relaxed_writer().await?;
+        let result = self.record_on(&mut conn, records).await;
+        Self::restore_writer(conn).await;
+        result
     }
 
     async fn next_claimable_at(&self, now_ms: i64, busy: &[i64]) -> StoreResult<Option<i64>> {
@@ -686,94 +889,6 @@ impl Store for SqliteStore {
         sqlx::query("UPDATE deliveries SET locked_until = NULL WHERE status = 'pending' AND locked_until IS NOT NULL")
             .execute(&self.write)
             .await?;
-        Ok(())
-    }
-
-    async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        for chunk in records.chunks(RECORDS_PER_STATEMENT) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
-                 error_kind, error, response_body) ",
-            );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.delivery_id)
-                    .push_bind(r.attempt)
-                    .push_bind(r.started_at_ms)
-                    .push_bind(r.status_code)
-                    .push_bind(r.latency_ms)
-                    .push_bind(r.error_kind)
-                    .push_bind(&r.error)
-                    .push_bind(&r.response_body);
-            });
-            qb.build().execute(&mut *tx).await?;
-
-            // A delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "WITH v (id, finished, started, code, latency, error, status, next_at, delivered) AS (",
-            );
-            qb.push_values(chunk, |mut b, r| {
-                let (status, next_at, delivered_at) = delivery_outcome(r);
-                b.push_bind(r.delivery_id)
-                    .push_bind(r.started_at_ms + r.latency_ms)
-                    .push_bind(r.started_at_ms)
-                    .push_bind(r.status_code)
-                    .push_bind(r.latency_ms)
-                    .push_bind(&r.error)
-                    .push_bind(status)
-                    .push_bind(next_at)
-                    .push_bind(delivered_at);
-            });
-            qb.push(
-                ") UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = v.finished, \
-                 sent_at = COALESCE(sent_at, v.started), status_code = v.code, latency_ms = v.latency, \
-                 error = v.error, locked_until = NULL, \
-                 status = CASE WHEN deliveries.status = 'pending' THEN v.status ELSE deliveries.status END, \
-                 next_attempt_at = CASE WHEN deliveries.status = 'pending' THEN v.next_at ELSE NULL END, \
-                 delivered_at = COALESCE(v.delivered, deliveries.delivered_at) \
-                 FROM v WHERE deliveries.id = v.id",
-            );
-            qb.build().execute(&mut *tx).await?;
-        }
-        for d in health_deltas(records) {
-            sqlx::query(
-                "UPDATE webhooks SET \
-                 consecutive_failures = CASE WHEN ?2 THEN ?3 ELSE consecutive_failures + ?3 END, \
-                 last_success_at = COALESCE(?4, last_success_at), \
-                 last_failure_at = COALESCE(?5, last_failure_at), \
-                 last_error = COALESCE(?6, last_error) WHERE id = ?1",
-            )
-            .bind(d.webhook_id)
-            .bind(d.reset)
-            .bind(d.failures)
-            .bind(d.last_success_at)
-            .bind(d.last_failure_at)
-            .bind(&d.last_error)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for r in records.iter().filter(|r| r.result == AttemptResult::Gone) {
-            let at = r.started_at_ms + r.latency_ms;
-            sqlx::query(
-                "UPDATE webhooks SET is_active = 0, disabled_reason = ?2, updated_at = ?3 \
-                 WHERE id = ?1 AND deleted_at IS NULL",
-            )
-            .bind(r.webhook_id)
-            .bind(gone_reason(at))
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            fail_pending(
-                &mut tx,
-                r.webhook_id,
-                "webhook deactivated: endpoint answered 410 Gone",
-            )
-            .await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -908,5 +1023,45 @@ impl Store for SqliteStore {
             .map(delivery_from_row)
             .collect::<StoreResult<_>>()?;
         Ok((deliveries, total as u64))
+    }
+
+    async fn attempt_buckets(
+        &self,
+        webhook_id: i64,
+        since_ms: i64,
+        bucket_ms: i64,
+    ) -> StoreResult<Vec<AttemptBucket>> {
+        // An attempt in the window finished after `since_ms`, so its delivery's
+        // `last_attempt_at` did too: that bound keeps old deliveries out of the join. The
+        // two halves match the two indexes (finished by time; pending by status).
+        let rows = sqlx::query(
+            "SELECT (a.started_at - ?2) / ?3 AS bucket, \
+               COUNT(*) FILTER (WHERE a.error_kind IS NULL) AS ok, \
+               COUNT(*) FILTER (WHERE a.error_kind IS NOT NULL) AS failed, \
+               (AVG(a.latency_ms)) AS latency \
+             FROM (SELECT id FROM deliveries WHERE webhook_id = ?1 AND status <> 'pending' \
+                     AND last_attempt_at >= ?2 \
+                   UNION ALL \
+                   SELECT id FROM deliveries WHERE webhook_id = ?1 AND status = 'pending' \
+                     AND last_attempt_at >= ?2) d \
+             JOIN delivery_attempts a ON a.delivery_id = d.id \
+             WHERE a.started_at >= ?2 \
+             GROUP BY bucket ORDER BY bucket",
+        )
+        .bind(webhook_id)
+        .bind(since_ms)
+        .bind(bucket_ms)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptBucket {
+                    index: r.try_get("bucket")?,
+                    succeeded: r.try_get::<i64, _>("ok")? as u64,
+                    failed: r.try_get::<i64, _>("failed")? as u64,
+                    mean_latency_ms: r.try_get("latency")?,
+                })
+            })
+            .collect()
     }
 }

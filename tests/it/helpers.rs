@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use kamiyo_webhooks::config::{Config, Role};
+use kamiyo_webhooks::config::{Config, RateLimit, Role};
 use kamiyo_webhooks::startup::{Application, CancellationToken};
 use rand::distributions::Alphanumeric;
 use rand::Rng as _;
@@ -114,6 +114,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     config.allow_http = true;
     config.retry_schedule = vec![Duration::from_millis(20), Duration::from_millis(40)];
     config.delivery_timeout = Duration::from_secs(2);
+    // Tests fire requests faster than any client should; `security.rs` turns it on.
+    config.rate_limit = RateLimit::DISABLED;
     configure(&mut config);
     let database_url = config.database_url.clone();
 
@@ -521,6 +523,12 @@ impl TestReceiver {
 
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
+    }
+
+    /// Every request received so far, in order.
+    #[allow(dead_code)]
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.requests.lock().unwrap().clone()
     }
 }
 

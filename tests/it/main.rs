@@ -16,6 +16,8 @@ mod exploits;
 mod helpers;
 mod isolation;
 mod matching;
+mod security;
+mod stats;
 mod tiers;
 mod validation;
 mod webhooks;

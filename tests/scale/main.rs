@@ -101,6 +101,8 @@ impl Serve {
             .env("KAMIYO_LISTEN", format!("127.0.0.1:{port}"))
             .env("KAMIYO_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("KAMIYO_ALLOW_HTTP", "true")
+            // The tests create webhooks faster than the per-key rate limit allows.
+            .env("KAMIYO_RATE_LIMIT", "0")
             .env("KAMIYO_ALLOW_PRIVATE_NETWORKS", "127.0.0.0/8")
             .env("KAMIYO_RETRY_SCHEDULE", "100ms,200ms,400ms")
             .env("KAMIYO_DELIVERY_TIMEOUT", "2s")

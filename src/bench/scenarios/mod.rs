@@ -46,6 +46,7 @@ pub struct Env {
     pub database_url: Option<String>,
     pub max_in_flight: usize,
     pub max_in_flight_per_endpoint: usize,
+    pub worker_processes: usize,
     pub webhooks: Option<usize>,
     pub exploits: Option<usize>,
     pub rate: u32,
@@ -66,6 +67,7 @@ impl Env {
                 .collect(),
             delivery_timeout: Config::default().delivery_timeout,
             role: Role::All,
+            worker_processes: self.worker_processes,
         }
     }
 

@@ -1,0 +1,393 @@
+//! The real binary under crash and shutdown: SIGKILL while deliveries are
+//! queued, in flight and waiting for a retry loses nothing and sends nothing
+//! early after a restart; SIGTERM lets the attempt in flight finish, starts
+//! nothing new and exits 0.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use kamiyo_webhooks::config::Role;
+use reqwest::Client;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use crate::backend::TestDatabase;
+use crate::helpers::*;
+use crate::receiver::{Behaviour, Received, Reply, TestReceiver};
+
+/// `kamiyo-webhooks serve` as a child process on its own SQLite file.
+struct Server {
+    child: Option<Child>,
+    address: String,
+    admin_token: String,
+    client: Client,
+    env: Vec<(String, String)>,
+    db: TestDatabase,
+    dir: TempDir,
+    starts: usize,
+}
+
+impl Api for Server {
+    fn base(&self) -> &str {
+        &self.address
+    }
+    fn client(&self) -> &Client {
+        &self.client
+    }
+    fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+impl Server {
+    /// Starts the binary with the receiver's CA trusted, loopback allowed and
+    /// `extra` variables on top.
+    async fn start(receiver: &TestReceiver, extra: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDatabase::create(dir.path(), "kamiyo").await;
+        let admin_token = random_token();
+        let port = free_port();
+        let mut env: Vec<(String, String)> = vec![
+            ("KAMIYO_DATABASE_URL".into(), db.url.clone()),
+            ("KAMIYO_LISTEN".into(), format!("127.0.0.1:{port}")),
+            ("KAMIYO_ADMIN_TOKEN".into(), admin_token.clone()),
+            (
+                "KAMIYO_EXTRA_CA_CERTS".into(),
+                receiver.ca_path.display().to_string(),
+            ),
+            (
+                "KAMIYO_ALLOW_PRIVATE_NETWORKS".into(),
+                loopback_networks().join(","),
+            ),
+            ("KAMIYO_POLL_INTERVAL".into(), "200ms".into()),
+            ("KAMIYO_RATE_LIMIT".into(), "0".into()),
+        ];
+        for (k, v) in extra {
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let mut server = Server {
+            child: None,
+            address: format!("http://127.0.0.1:{port}"),
+            admin_token,
+            client: api_client(),
+            env,
+            db,
+            dir,
+            starts: 0,
+        };
+        server.spawn().await;
+        server
+    }
+
+    fn db_url(&self) -> String {
+        self.db.url.clone()
+    }
+
+    fn log_path(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("serve-{n}.log"))
+    }
+
+    /// Runs `serve` and waits until it answers `/healthz`.
+    async fn spawn(&mut self) {
+        self.starts += 1;
+        let log = File::create(self.log_path(self.starts)).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kamiyo-webhooks"));
+        cmd.arg("serve")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("KAMIYO_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        self.child = Some(cmd.spawn().expect("start kamiyo-webhooks serve"));
+
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("serve exited at start with {status}:\n{}", self.logs());
+            }
+            let ready = self
+                .client
+                .get(format!("{}/healthz", self.address))
+                .timeout(ms(500))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "serve did not become ready:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(ms(50)).await;
+        }
+    }
+
+    /// Everything the binary has logged, start by start.
+    fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|n| {
+                let text = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
+                format!("--- serve run {n} ---\n{text}")
+            })
+            .collect()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL serve");
+        child.wait().unwrap();
+    }
+
+    fn terminate(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+    }
+
+    /// Waits for the process to exit by itself.
+    async fn wait_for_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "serve did not exit within {deadline:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(ms(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+fn exploit_of(protocol: &str) -> Value {
+    let mut e = exploit();
+    e["protocol"] = json!(protocol);
+    e
+}
+
+/// Requests to `path` grouped by delivery id, in arrival order.
+fn by_delivery(requests: Vec<Received>) -> BTreeMap<i64, Vec<Received>> {
+    let mut map: BTreeMap<i64, Vec<Received>> = BTreeMap::new();
+    for r in requests {
+        map.entry(r.delivery_id()).or_default().push(r);
+    }
+    map
+}
+
+async fn after_a_sigkill_and_a_restart_every_delivery_arrives_with_its_id_and_no_retry_comes_early()
+{
+    const RETRY: Duration = Duration::from_millis(1500);
+    let receiver = TestReceiver::start().await;
+    // The first request to /slow is still unanswered when the server dies;
+    // /flaky fails the first attempt of each of its three deliveries.
+    receiver.set(
+        "/slow",
+        Behaviour::script(
+            vec![Reply::ok().after(Duration::from_secs(30))],
+            Reply::ok(),
+        ),
+    );
+    receiver.set("/flaky", Behaviour::statuses(&[500, 500, 500, 200]));
+    let mut server = Server::start(
+        &receiver,
+        &[
+            ("KAMIYO_RETRY_SCHEDULE", "1500ms,1500ms"),
+            ("KAMIYO_DELIVERY_TIMEOUT", "3s"),
+            ("KAMIYO_LEASE", "4s"),
+            ("KAMIYO_MAX_IN_FLIGHT_PER_ENDPOINT", "1"),
+        ],
+    )
+    .await;
+    let key = server.create_user().await;
+    let slow = server
+        .create_hook_with(
+            &key,
+            json!({"name": "slow", "url": receiver.url("/slow"), "protocols": ["Slow"]}),
+        )
+        .await;
+    let flaky = server
+        .create_hook_with(
+            &key,
+            json!({"name": "flaky", "url": receiver.url("/flaky"), "protocols": ["Flaky"]}),
+        )
+        .await;
+
+    // One /slow delivery in flight and two queued behind it (one at a time
+    // per endpoint); three /flaky deliveries waiting for their retry.
+    let batch: Vec<Value> = (0..3)
+        .flat_map(|_| [exploit_of("Slow"), exploit_of("Flaky")])
+        .collect();
+    server.ingest(json!(batch)).await;
+    let slow_ids = ids(&server.deliveries(&slow).await);
+    let flaky_ids = ids(&server.deliveries(&flaky).await);
+    assert_eq!((slow_ids.len(), flaky_ids.len()), (3, 3));
+    receiver.wait_for("/slow", 1, Duration::from_secs(10)).await;
+    receiver
+        .wait_for("/flaky", 3, Duration::from_secs(10))
+        .await;
+    // The failures must be on record, or their retries are not yet scheduled
+    // and an immediate resend after the crash would be right.
+    for id in &flaky_ids {
+        let detail = server
+            .wait_for_attempts(&flaky, *id, 1, Duration::from_secs(10))
+            .await;
+        assert_eq!(
+            detail["status"], "pending",
+            "waiting for its retry: {detail}"
+        );
+    }
+    assert_eq!(
+        receiver.count("/flaky"),
+        3,
+        "inconclusive: a retry came before the crash"
+    );
+    assert_eq!(
+        receiver.count("/slow"),
+        1,
+        "one /slow delivery in flight, the others queued behind it"
+    );
+
+    server.kill();
+    let in_flight = receiver.requests("/slow")[0].delivery_id();
+    let first_attempts = by_delivery(receiver.requests("/flaky"));
+    server.spawn().await;
+
+    for id in &slow_ids {
+        server
+            .wait_for_status(&slow, *id, "succeeded", Duration::from_secs(30))
+            .await;
+    }
+    for id in &flaky_ids {
+        server
+            .wait_for_status(&flaky, *id, "succeeded", Duration::from_secs(30))
+            .await;
+    }
+
+    let slow_got = by_delivery(receiver.requests("/slow"));
+    assert_eq!(
+        slow_got.keys().copied().collect::<Vec<_>>(),
+        {
+            let mut s = slow_ids.clone();
+            s.sort();
+            s
+        },
+        "every /slow delivery arrived under its own id"
+    );
+    assert!(
+        slow_got[&in_flight].len() >= 2,
+        "the delivery in flight at the crash was sent again"
+    );
+    let flaky_got = by_delivery(receiver.requests("/flaky"));
+    assert_eq!(
+        flaky_got.keys().collect::<Vec<_>>(),
+        first_attempts.keys().collect::<Vec<_>>()
+    );
+    for (id, attempts) in &flaky_got {
+        assert!(attempts.len() >= 2, "delivery {id} was not retried");
+        let gap = attempts[1].at - attempts[0].at;
+        assert!(
+            gap + ms(30) >= RETRY,
+            "delivery {id} was retried {gap:?} after its first attempt, before its {RETRY:?} delay"
+        );
+        for req in attempts {
+            assert_signed_delivery(req, &flaky.secret, "exploit.detected");
+        }
+    }
+    for attempts in slow_got.values() {
+        for req in attempts {
+            assert_signed_delivery(req, &slow.secret, "exploit.detected");
+        }
+    }
+}
+
+async fn sigterm_lets_the_attempt_in_flight_finish_starts_nothing_new_and_exits_zero() {
+    let receiver = TestReceiver::start().await;
+    receiver.set(
+        "/slow",
+        Behaviour::always(Reply::ok().after(Duration::from_millis(1500))),
+    );
+    let mut server = Server::start(
+        &receiver,
+        &[
+            ("KAMIYO_DELIVERY_TIMEOUT", "20s"),
+            ("KAMIYO_MAX_IN_FLIGHT_PER_ENDPOINT", "1"),
+        ],
+    )
+    .await;
+    let hook = server.hook_to(&receiver.url("/slow")).await;
+    let batch: Vec<Value> = (0..3).map(|_| exploit()).collect();
+    server.ingest(json!(batch)).await;
+    let got = receiver.wait_for("/slow", 1, Duration::from_secs(10)).await;
+    let in_flight = got[0].delivery_id();
+
+    server.terminate();
+    let status = server.wait_for_exit(Duration::from_secs(15)).await;
+
+    assert!(
+        status.success(),
+        "serve exited with {status} after SIGTERM:\n{}",
+        server.logs()
+    );
+    assert_eq!(
+        receiver.answered("/slow"),
+        1,
+        "the attempt in flight got its answer"
+    );
+    assert_eq!(receiver.count("/slow"), 1, "no new attempt after SIGTERM");
+
+    // Read what the stopped server recorded through an API-only app on the
+    // same database file.
+    let db_url = server.db_url();
+    let app = spawn_app(&receiver, |cfg| {
+        cfg.database_url = db_url;
+        cfg.role = Role::Api;
+    })
+    .await;
+    let detail = app.delivery(&hook, in_flight).await;
+    assert_eq!(detail["status"], "succeeded", "{detail}");
+    assert_eq!(detail["attempts"], 1, "{detail}");
+    let list = app.deliveries(&hook).await;
+    for d in list.iter().filter(|d| d["id"] != in_flight) {
+        assert_eq!(d["status"], "pending", "{d}");
+        assert_eq!(d["attempts"], 0, "never attempted: {d}");
+    }
+}
+
+crate::backend_tests!(
+    after_a_sigkill_and_a_restart_every_delivery_arrives_with_its_id_and_no_retry_comes_early,
+    sigterm_lets_the_attempt_in_flight_finish_starts_nothing_new_and_exits_zero,
+);
