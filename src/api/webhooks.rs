@@ -334,15 +334,18 @@ pub async fn list_webhooks(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<Json<WebhookList>, ApiError> {
-    let now = now_ms();
-    let mut webhooks = Vec::new();
-    // At most the tier's limit (50) of webhooks: one health query each stays cheap.
-    for webhook in state.store.list_webhooks(user.id).await? {
-        let health = state.store.webhook_health(webhook.id, now).await?;
-        let mut out = WebhookOut::from_webhook(webhook);
-        out.health = Some(health.into());
-        webhooks.push(out);
-    }
+    let list = state.store.list_webhooks(user.id).await?;
+    let ids: Vec<i64> = list.iter().map(|w| w.id).collect();
+    let health = state.store.webhooks_health(&ids, now_ms()).await?;
+    let webhooks: Vec<WebhookOut> = list
+        .into_iter()
+        .zip(health)
+        .map(|(webhook, health)| {
+            let mut out = WebhookOut::from_webhook(webhook);
+            out.health = Some(health.into());
+            out
+        })
+        .collect();
     Ok(Json(WebhookList {
         total: webhooks.len(),
         webhooks,

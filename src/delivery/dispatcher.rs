@@ -153,7 +153,6 @@ impl Dispatcher {
                                 schedule: self.config.retry_schedule.clone(),
                                 records: record_tx.clone(),
                                 in_flight: in_flight.clone(),
-                                capacity: capacity.clone(),
                             };
                             tasks.spawn(job.attempt(d, permit));
                         }
@@ -215,7 +214,6 @@ struct Job {
     schedule: Vec<Duration>,
     records: mpsc::Sender<(AttemptRecord, OwnedSemaphorePermit)>,
     in_flight: Arc<InFlight>,
-    capacity: Arc<Notify>,
 }
 
 impl Job {
@@ -251,8 +249,10 @@ impl Job {
         }
         .instrument(span)
         .await;
+        // The endpoint's slot is free now, but the loop hears of it only when the recorder
+        // has written a batch: freed slots then come back together, and one claim fills
+        // them instead of one claim per finished attempt.
         self.in_flight.remove(d.webhook_id);
-        self.capacity.notify_one();
         // A closed channel means the process is stopping; the lease brings it back.
         let _ = self.records.send((record, permit)).await;
     }

@@ -238,6 +238,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The webhook's delivery figures for its health report.
     async fn webhook_health(&self, webhook_id: i64, now_ms: i64) -> StoreResult<HealthFigures>;
+    /// The figures of several webhooks, in the order given, in one round trip.
+    async fn webhooks_health(
+        &self,
+        webhook_ids: &[i64],
+        now_ms: i64,
+    ) -> StoreResult<Vec<HealthFigures>>;
 
     /// Claims up to `limit` due deliveries until `lease_until`. A webhook with `n`
     /// attempts already in flight here (listed in `in_flight`) gets at most

@@ -52,13 +52,14 @@ impl SqliteStore {
             .foreign_keys(true)
             // Statement journals in memory: multi-row writes would otherwise write them
             // to a temporary file with a syscall per page.
-            .pragma("temp_store", "memory")
-            .pragma("cache_size", "-32768");
+            .pragma("temp_store", "memory");
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(BUSY_TIMEOUT)
-            .connect_with(options.clone())
+            // The writer's page cache holds the hot index pages of the queue; readers keep
+            // SQLite's default (2 MiB each), so memory stays flat however deep the queue.
+            .connect_with(options.clone().pragma("cache_size", "-16384"))
             .await?;
         let read = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
@@ -780,39 +781,60 @@ impl Store for SqliteStore {
     }
 
     async fn webhook_health(&self, webhook_id: i64, now_ms: i64) -> StoreResult<HealthFigures> {
+        self.webhooks_health(&[webhook_id], now_ms)
+            .await?
+            .pop()
+            .ok_or(StoreError::NotFound)
+    }
+
+    async fn webhooks_health(
+        &self,
+        webhook_ids: &[i64],
+        now_ms: i64,
+    ) -> StoreResult<Vec<HealthFigures>> {
+        if webhook_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let since = now_ms - 24 * 3_600_000;
-        let row = sqlx::query(
-            "SELECT \
-               COUNT(*) FILTER (WHERE d.status = 'succeeded' AND d.last_attempt_at >= ?2) AS ok_24h, \
-               COUNT(*) FILTER (WHERE d.status = 'failed' AND d.last_attempt_at >= ?2) AS failed_24h, \
-               COUNT(*) FILTER (WHERE d.status = 'succeeded') AS ok_all, \
-               COUNT(*) FILTER (WHERE d.status = 'failed') AS failed_all, \
-               AVG(d.latency_ms) FILTER (WHERE d.last_attempt_at >= ?2) AS latency_24h \
-             FROM deliveries d WHERE d.webhook_id = ?1 AND d.status <> 'pending'",
+        // One round trip for a whole list: the figures of every webhook at once.
+        let rows = sqlx::query(
+            "SELECT w.id, w.consecutive_failures, w.last_success_at, w.last_failure_at, w.last_error, \
+               COALESCE(a.ok_24h, 0) AS ok_24h, COALESCE(a.failed_24h, 0) AS failed_24h, \
+               COALESCE(a.ok_all, 0) AS ok_all, COALESCE(a.failed_all, 0) AS failed_all, a.latency_24h \
+             FROM webhooks w LEFT JOIN ( \
+               SELECT d.webhook_id, \
+                 COUNT(*) FILTER (WHERE d.status = 'succeeded' AND d.last_attempt_at >= ?2) AS ok_24h, \
+                 COUNT(*) FILTER (WHERE d.status = 'failed' AND d.last_attempt_at >= ?2) AS failed_24h, \
+                 COUNT(*) FILTER (WHERE d.status = 'succeeded') AS ok_all, \
+                 COUNT(*) FILTER (WHERE d.status = 'failed') AS failed_all, \
+                 AVG(d.latency_ms) FILTER (WHERE d.last_attempt_at >= ?2) AS latency_24h \
+               FROM deliveries d WHERE d.webhook_id IN (SELECT value FROM json_each(?1)) AND d.status <> 'pending' \
+               GROUP BY d.webhook_id) a ON a.webhook_id = w.id \
+             WHERE w.id IN (SELECT value FROM json_each(?1))",
         )
-        .bind(webhook_id)
+        .bind(json_ids(webhook_ids))
         .bind(since)
-        .fetch_one(&self.read)
+        .fetch_all(&self.read)
         .await?;
-        let w = sqlx::query(
-            "SELECT consecutive_failures, last_success_at, last_failure_at, last_error \
-             FROM webhooks WHERE id = ?1",
-        )
-        .bind(webhook_id)
-        .fetch_optional(&self.read)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        Ok(HealthFigures {
-            succeeded_24h: row.try_get::<i64, _>("ok_24h")? as u64,
-            failed_24h: row.try_get::<i64, _>("failed_24h")? as u64,
-            succeeded_all: row.try_get::<i64, _>("ok_all")? as u64,
-            failed_all: row.try_get::<i64, _>("failed_all")? as u64,
-            mean_latency_ms_24h: row.try_get("latency_24h")?,
-            consecutive_failures: w.try_get::<i64, _>("consecutive_failures")? as u64,
-            last_success_at_ms: w.try_get("last_success_at")?,
-            last_failure_at_ms: w.try_get("last_failure_at")?,
-            last_error: w.try_get("last_error")?,
-        })
+        let mut by_id = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let figures = HealthFigures {
+                succeeded_24h: row.try_get::<i64, _>("ok_24h")? as u64,
+                failed_24h: row.try_get::<i64, _>("failed_24h")? as u64,
+                succeeded_all: row.try_get::<i64, _>("ok_all")? as u64,
+                failed_all: row.try_get::<i64, _>("failed_all")? as u64,
+                mean_latency_ms_24h: row.try_get("latency_24h")?,
+                consecutive_failures: row.try_get::<i64, _>("consecutive_failures")? as u64,
+                last_success_at_ms: row.try_get("last_success_at")?,
+                last_failure_at_ms: row.try_get("last_failure_at")?,
+                last_error: row.try_get("last_error")?,
+            };
+            by_id.insert(row.try_get::<i64, _>("id")?, figures);
+        }
+        webhook_ids
+            .iter()
+            .map(|id| by_id.remove(id).ok_or(StoreError::NotFound))
+            .collect()
     }
 
     async fn claim_due_deliveries(
