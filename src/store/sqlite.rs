@@ -2,6 +2,7 @@
 //! queue in this process instead of failing with SQLITE_BUSY; reads use a small pool.
 
 use std::str::FromStr;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,6 +11,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
+use sqlx::ConnectOptions;
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::*;
@@ -24,6 +26,8 @@ pub struct SqliteStore {
     write: SqlitePool,
     /// Seals webhook secrets on write and opens them on read.
     secrets: SecretCodec,
+    /// The checkpoint task runs while this lives.
+    _alive: Arc<()>,
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,8 +63,18 @@ impl SqliteStore {
             .acquire_timeout(BUSY_TIMEOUT)
             // The writer's page cache holds the hot index pages of the queue; readers keep
             // SQLite's default (2 MiB each), so memory stays flat however deep the queue.
-            .connect_with(options.clone().pragma("cache_size", "-16384"))
+            // Checkpoints run beside the writer (below), not inside one of its commits,
+            // where they would stall ingest and claims for tens of milliseconds.
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", "-16384")
+                    .pragma("wal_autocheckpoint", "0"),
+            )
             .await?;
+        let alive = Arc::new(());
+        let checkpointer = options.clone().connect().await?;
+        tokio::spawn(run_checkpoints(checkpointer, Arc::downgrade(&alive)));
         let read = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .acquire_timeout(BUSY_TIMEOUT)
@@ -70,6 +84,7 @@ impl SqliteStore {
             read,
             write,
             secrets,
+            _alive: alive,
         })
     }
 
@@ -79,6 +94,29 @@ impl SqliteStore {
         w.secret = self.secrets.decode(&w.secret)?;
         Ok(w)
     }
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Copies the WAL into the database until the store is dropped. PASSIVE never blocks
+/// writers or readers; what it cannot copy now it copies next time.
+async fn run_checkpoints(mut conn: SqliteConnection, alive: Weak<()>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if alive.upgrade().is_none() {
+            break;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::debug!(error = %e, "WAL checkpoint did not run");
+        }
+    }
+    let _ = conn.close().await;
 }
 
 type Tx<'a> = sqlx::Transaction<'a, Sqlite>;
