@@ -84,7 +84,7 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_by_webhook ON deliveries (webhook_id, id);
 CREATE INDEX deliveries_by_webhook_status ON deliveries (webhook_id, status, id);
 CREATE INDEX deliveries_finished ON deliveries (webhook_id, last_attempt_at) WHERE status <> 'pending';
-CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at, webhook_id, locked_until) WHERE status = 'pending';
 
 CREATE TABLE delivery_attempts (
     id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
