@@ -10,6 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Postgres, Row};
 use tokio::sync::Notify;
 
+use super::rows::{DELIVERY_COLUMNS, EXPLOIT_JOIN_COLUMNS, WEBHOOK_COLUMNS};
 use super::*;
 use crate::domain::exploit::Exploit;
 use crate::domain::filter::Filters;
@@ -26,14 +27,6 @@ pub struct PgStore {
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The channel on which committed ingests announce new deliveries.
 pub const WAKE_CHANNEL: &str = "kamiyo_deliveries";
-
-const WEBHOOK_COLUMNS: &str =
-    "id, user_id, name, url, min_amount_usd, chains, protocols, categories, \
-     is_active, secret, disabled_reason, created_at, updated_at";
-
-const DELIVERY_COLUMNS: &str =
-    "id, webhook_id, exploit_id, event, status, attempts, next_attempt_at, \
-     created_at, sent_at, delivered_at, status_code, latency_ms, error";
 
 impl PgStore {
     pub async fn open(
@@ -73,92 +66,7 @@ async fn fail_pending(tx: &mut Tx<'_>, webhook_id: i64, why: &str) -> StoreResul
     Ok(())
 }
 
-fn exploit_from_row(row: &PgRow) -> StoreResult<Exploit> {
-    Ok(Exploit {
-        id: row.try_get("e_id")?,
-        tx_hash: row.try_get("tx_hash")?,
-        chain: row.try_get("chain")?,
-        protocol: row.try_get("protocol")?,
-        amount_usd: row.try_get("amount_usd")?,
-        timestamp_ms: row.try_get("timestamp")?,
-        source: row.try_get("source")?,
-        source_url: row.try_get("source_url")?,
-        category: row.try_get("category")?,
-        description: row.try_get("description")?,
-        detected_at_ms: row.try_get("detected_at")?,
-    })
-}
-
-/// The body of a delivery: its own payload (test events) or its exploit's event.
-fn body_from_row(row: &PgRow, event: &str) -> StoreResult<String> {
-    if let Some(p) = row.try_get::<Option<String>, _>("payload")? {
-        return Ok(p);
-    }
-    if row.try_get::<Option<i64>, _>("e_id")?.is_none() {
-        return Err(StoreError::Corrupt(
-            "delivery without payload or exploit".into(),
-        ));
-    }
-    Ok(encode_event(event, &exploit_from_row(row)?))
-}
-
-const EXPLOIT_JOIN_COLUMNS: &str =
-    "e.id AS e_id, e.tx_hash, e.chain, e.protocol, e.amount_usd, e.timestamp, \
-     e.source, e.source_url, e.category, e.description, e.detected_at";
-
-fn user_from_row(row: &PgRow) -> StoreResult<User> {
-    let tier: String = row.try_get("tier")?;
-    Ok(User {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        tier: tier.parse().map_err(StoreError::Corrupt)?,
-        created_at_ms: row.try_get("created_at")?,
-    })
-}
-
-fn webhook_from_row(row: &PgRow) -> StoreResult<Webhook> {
-    Ok(Webhook {
-        id: row.try_get("id")?,
-        user_id: row.try_get("user_id")?,
-        name: row.try_get("name")?,
-        url: row.try_get("url")?,
-        filters: filters_from_row(row)?,
-        is_active: row.try_get("is_active")?,
-        secret: row.try_get("secret")?,
-        disabled_reason: row.try_get("disabled_reason")?,
-        created_at_ms: row.try_get("created_at")?,
-        updated_at_ms: row.try_get("updated_at")?,
-    })
-}
-
-fn filters_from_row(row: &PgRow) -> StoreResult<Filters> {
-    Ok(Filters {
-        min_amount_usd: row.try_get("min_amount_usd")?,
-        chains: decode_list(row.try_get("chains")?)?,
-        protocols: decode_list(row.try_get("protocols")?)?,
-        categories: decode_list(row.try_get("categories")?)?,
-    })
-}
-
-fn delivery_from_row(row: &PgRow) -> StoreResult<DeliveryRecord> {
-    let status: String = row.try_get("status")?;
-    Ok(DeliveryRecord {
-        id: row.try_get("id")?,
-        webhook_id: row.try_get("webhook_id")?,
-        exploit_id: row.try_get("exploit_id")?,
-        event: row.try_get("event")?,
-        status: DeliveryStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status:?}")))?,
-        attempts: row.try_get("attempts")?,
-        next_attempt_at_ms: row.try_get("next_attempt_at")?,
-        created_at_ms: row.try_get("created_at")?,
-        sent_at_ms: row.try_get("sent_at")?,
-        delivered_at_ms: row.try_get("delivered_at")?,
-        status_code: row.try_get("status_code")?,
-        latency_ms: row.try_get("latency_ms")?,
-        error: row.try_get("error")?,
-    })
-}
+super::rows::row_decoders!(PgRow);
 
 #[async_trait]
 impl Store for PgStore {
