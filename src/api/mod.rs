@@ -81,13 +81,14 @@ Every error has the shape `{\"error\":{\"code\":\"...\",\"message\":\"...\"}}`."
         admin::create_api_key,
         ops::healthz,
         ops::readyz,
+        ops::metrics,
     ),
     modifiers(&SecurityAddon),
     tags(
         (name = "webhooks", description = "Manage your webhook endpoints"),
         (name = "deliveries", description = "What was sent, when, and how it went"),
         (name = "operator", description = "Accounts and exploit ingestion (operator token)"),
-        (name = "operations", description = "Liveness and readiness")
+        (name = "operations", description = "Liveness, readiness and metrics")
     )
 )]
 pub struct ApiDoc;

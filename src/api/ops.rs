@@ -29,7 +29,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     Ok(Json(json!({"status": "ready"})))
 }
 
-/// Prometheus text exposition.
+/// Prometheus text exposition: attempts by outcome, latency histogram, queue depth,
+/// deliveries in flight.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     match state.store.queue_depth().await {
         Ok(depth) => ::metrics::gauge!(crate::metrics::QUEUE_DEPTH).set(depth as f64),
