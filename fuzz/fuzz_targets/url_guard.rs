@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
             _ => continue,
         };
         if accepted {
-            assert!(blocked_reason(ip).is_none(), "{raw:?} names {ip}, which is blocked");
+            assert!(
+                blocked_reason(ip).is_none(),
+                "{raw:?} names {ip}, which is blocked"
+            );
         }
     }
 });

@@ -1,12 +1,11 @@
-//! Webhook create and patch bodies: bytes through the API's own JSON extractor steps
+//! Webhook create and patch bodies: bytes through the API's own body parsing steps
 //! (`parse_json_value`, `from_json_value` into the DTOs), then every domain validator.
 #![no_main]
 
-use kamiyo_webhooks::api::extract::{from_json_value, parse_json_value};
-use kamiyo_webhooks::api::webhooks::{WebhookIn, WebhookPatchIn};
 use kamiyo_webhooks::domain::filter::{validate_list, validate_min_amount};
 use kamiyo_webhooks::domain::netguard::NetworkPolicy;
 use kamiyo_webhooks::domain::webhook::{validate_name, WebhookUrl};
+use kamiyo_webhooks::input::{from_json_value, parse_json_value, WebhookIn, WebhookPatchIn};
 use libfuzzer_sys::fuzz_target;
 
 fn check_url(raw: &str) {

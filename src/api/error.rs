@@ -7,6 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::ValidationError;
+use crate::input::InputError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,15 @@ impl ApiError {
 
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError::Validation(ValidationError::new(field, message))
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> Self {
+        match e {
+            InputError::MalformedJson(m) => ApiError::MalformedJson(m),
+            InputError::Invalid(v) => ApiError::Validation(v),
+        }
     }
 }
 

@@ -13,54 +13,12 @@ use super::error::ApiError;
 use super::ratelimit::retry_after_secs;
 use super::AppState;
 use crate::domain::secret::hash_api_key;
+use crate::input::{from_json_value, parse_json_value};
 use crate::store::User;
 
 /// A JSON body. Syntax errors are 400 `malformed_json`; shape errors (missing, unknown or
 /// mistyped fields) are 422 naming the field.
 pub struct ApiJson<T>(pub T);
-
-/// Parses bytes as JSON syntax only.
-pub fn parse_json_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::MalformedJson(
-            "request body is empty; expected JSON".into(),
-        ));
-    }
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::MalformedJson(format!("request body is not valid JSON: {e}")))
-}
-
-/// Turns a JSON value into `T`, naming the offending field on failure.
-pub fn from_json_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        // serde names missing and unknown fields in its message, not in the path.
-        let named = |prefix: &str| {
-            inner
-                .strip_prefix(prefix)
-                .and_then(|rest| rest.split('`').next())
-                .map(str::to_string)
-        };
-        // An unknown field is already the last segment of the path; a missing one is not.
-        let field = match (named("missing field `"), named("unknown field `")) {
-            (Some(f), _) if path == "." => f,
-            (Some(f), _) => format!("{path}.{f}"),
-            (None, Some(f)) if path == "." => f,
-            _ if path == "." => "body".into(),
-            _ => path,
-        };
-        let message = if inner.starts_with("missing field") {
-            "is required".to_string()
-        } else if let Some(rest) = inner.strip_prefix("unknown field `") {
-            let expected = rest.split_once(", ").map(|x| x.1).unwrap_or("");
-            format!("unknown field; {expected}")
-        } else {
-            inner
-        };
-        ApiError::validation(field, message)
-    })
-}
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where

@@ -4,7 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
@@ -19,6 +19,7 @@ use crate::domain::payload::{encode_event, sample_exploit, EVENT_WEBHOOK_TEST};
 use crate::domain::secret::{generate_webhook_secret, secret_hint};
 use crate::domain::time::{format_ms, now_ms};
 use crate::domain::webhook::{validate_name, NewWebhook, Webhook, WebhookPatch, WebhookUrl};
+pub use crate::input::{WebhookIn, WebhookPatchIn};
 use crate::store::{
     AttemptLog, AttemptResult, ClaimedDelivery, DeliveryRecord, DeliveryStatus, Page, StoreError,
 };
@@ -53,65 +54,6 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/user-webhooks/{id}/test", post(test_webhook))
         .route("/api/v1/user-webhooks/{id}/stats", get(webhook_stats))
-}
-
-/// A webhook to create.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookIn {
-    /// 1 to 100 characters.
-    #[schema(example = "Production Alert System")]
-    pub name: String,
-    /// `https://` URL, at most 2048 characters, no credentials.
-    #[schema(example = "https://your-domain.com/webhooks/kamiyo")]
-    pub url: String,
-    /// Only exploits of at least this many USD (inclusive).
-    #[schema(example = 100000)]
-    pub min_amount_usd: Option<f64>,
-    /// Only these chains (case-insensitive); null or [] for all.
-    #[schema(example = json!(["ethereum", "arbitrum"]))]
-    pub chains: Option<Vec<String>>,
-    /// Only these protocols (case-insensitive); null or [] for all.
-    pub protocols: Option<Vec<String>>,
-    /// Only these categories (case-insensitive); null or [] for all.
-    pub categories: Option<Vec<String>>,
-    /// Defaults to true.
-    pub is_active: Option<bool>,
-}
-
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
-/// A change to a webhook: absent fields stay as they are; `null` clears a filter.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookPatchIn {
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
-    pub name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
-    pub url: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<bool>)]
-    pub is_active: Option<Option<bool>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<f64>)]
-    pub min_amount_usd: Option<Option<f64>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<String>>)]
-    pub chains: Option<Option<Vec<String>>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<String>>)]
-    pub protocols: Option<Option<Vec<String>>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<String>>)]
-    pub categories: Option<Option<Vec<String>>>,
 }
 
 /// Delivery health of a webhook.
