@@ -103,108 +103,180 @@ impl Dispatcher {
 
     /// Runs until `shutdown`; then starts nothing new, lets attempts in flight finish
     /// (each bounded by the delivery timeout), records them, and returns.
+    ///
+    /// Each turn is one database transaction: the outcomes that came back since the last
+    /// turn, then a claim for the capacity they free. A permit covers claim, send and
+    /// record, so what was sent but not yet recorded (and would be sent again after a
+    /// crash) never exceeds `max_in_flight`, and when recording falls behind no claims
+    /// are made whose lease could run out first.
     pub async fn run(self, shutdown: CancellationToken) {
-        // A permit covers claim, send and record: what was sent but not yet recorded (and
-        // so would be sent again after a crash) never exceeds max_in_flight, and when
-        // recording falls behind no new claims are made whose lease could run out first.
         let permits = Arc::new(Semaphore::new(self.config.max_in_flight));
-        let (record_tx, record_rx) = mpsc::channel(self.config.max_in_flight);
+        let (record_tx, mut record_rx) = mpsc::channel(self.config.max_in_flight);
         let in_flight = Arc::new(InFlight::default());
-        let capacity = Arc::new(Notify::new());
-        let recorder = tokio::spawn(run_recorder(
-            self.store.clone(),
-            record_rx,
-            capacity.clone(),
-        ));
         let cap = self.config.max_in_flight_per_endpoint;
         let mut tasks = JoinSet::new();
+        // Outcomes not yet on disk, and the permits they still hold.
+        let mut records: Vec<AttemptRecord> = Vec::with_capacity(RECORD_BATCH);
+        let mut held: Vec<OwnedSemaphorePermit> = Vec::with_capacity(RECORD_BATCH);
+        // Whether something may be due that the last claim did not take.
+        let mut claim_more = true;
+        let mut failures = 0u32;
         tracing::info!(
             max_in_flight = self.config.max_in_flight,
             per_endpoint = cap,
             "delivery workers started"
         );
 
-        while !shutdown.is_cancelled() {
+        loop {
             while tasks.try_join_next().is_some() {}
-            let free = permits.available_permits().min(CLAIM_BATCH);
-            let mut full_batch = false;
-            if free > 0 {
-                let now = now_ms();
-                let lease_until = now + self.config.lease.as_millis() as i64;
-                match self
-                    .store
-                    .claim_due_deliveries(now, lease_until, free, cap, &in_flight.snapshot())
-                    .await
-                {
-                    Ok(batch) => {
-                        full_batch = batch.len() == free;
-                        let mut excess = Vec::new();
-                        for d in batch {
-                            let permit = match permits.clone().try_acquire_owned() {
-                                Ok(p) if in_flight.count(d.webhook_id) < cap => p,
-                                _ => {
-                                    excess.push(d.id);
-                                    continue;
-                                }
-                            };
-                            in_flight.add(d.webhook_id);
-                            let job = Job {
-                                sender: self.sender.clone(),
-                                schedule: self.config.retry_schedule.clone(),
-                                records: record_tx.clone(),
-                                in_flight: in_flight.clone(),
-                            };
-                            tasks.spawn(job.attempt(d, permit));
-                        }
-                        if !excess.is_empty() {
-                            if let Err(e) = self.store.release_claims(&excess).await {
-                                tracing::warn!(error = %e, "could not release claims; their lease will expire");
-                            }
-                        }
-                        metrics::gauge!(m::IN_FLIGHT).set(tasks.len() as f64);
+            while records.len() < RECORD_BATCH {
+                match record_rx.try_recv() {
+                    Ok((r, p)) => {
+                        records.push(r);
+                        held.push(p);
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "claiming deliveries failed");
-                        tokio::select! {
-                            _ = tokio::time::sleep(ERROR_BACKOFF) => {}
-                            _ = shutdown.cancelled() => {}
-                        }
-                        continue;
-                    }
+                    Err(_) => break,
                 }
             }
-            if full_batch {
+            let stopping = shutdown.is_cancelled();
+            if stopping && tasks.is_empty() && records.is_empty() {
+                break;
+            }
+            // The permits of the outcomes written in this turn's transaction are free
+            // for the claim in the same transaction.
+            let free = if stopping {
+                0
+            } else {
+                (permits.available_permits() + held.len()).min(CLAIM_BATCH)
+            };
+            // Written outcomes free endpoint slots, so a turn that writes also claims.
+            let claim = free > 0 && (claim_more || !records.is_empty());
+
+            if records.is_empty() && !claim {
+                self.idle(
+                    &shutdown,
+                    stopping,
+                    free,
+                    cap,
+                    &in_flight,
+                    &mut record_rx,
+                    &mut tasks,
+                    &mut records,
+                    &mut held,
+                )
+                .await;
+                claim_more = true;
                 continue;
             }
-            // Nothing more to claim now: sleep until something is due, new work is
-            // queued, capacity frees up, or the fallback poll.
-            let busy = in_flight.saturated(cap);
+
             let now = now_ms();
-            let mut wait = self.config.poll_interval;
-            if free > 0 {
-                match self.store.next_claimable_at(now, &busy).await {
-                    Ok(Some(t)) => {
-                        let until = Duration::from_millis((t - now).max(1) as u64);
-                        wait = wait.min(until);
+            let lease_until = now + self.config.lease.as_millis() as i64;
+            let turn = if claim {
+                self.store
+                    .record_and_claim(&records, now, lease_until, free, cap, &in_flight.snapshot())
+                    .await
+            } else {
+                self.store
+                    .record_attempts(&records)
+                    .await
+                    .map(|()| Vec::new())
+            };
+            let batch = match turn {
+                Ok(batch) => batch,
+                Err(e) => {
+                    // The outcomes stay in `records` and are written on a later turn.
+                    failures += 1;
+                    tracing::error!(error = %e, records = records.len(), failures, "recording and claiming failed; retrying");
+                    tokio::time::sleep(ERROR_BACKOFF * failures.min(10)).await;
+                    continue;
+                }
+            };
+            failures = 0;
+            records.clear();
+            held.clear();
+            if !claim {
+                continue;
+            }
+            claim_more = batch.len() == free;
+            let mut excess = Vec::new();
+            for d in batch {
+                let permit = match permits.clone().try_acquire_owned() {
+                    Ok(p) if in_flight.count(d.webhook_id) < cap => p,
+                    _ => {
+                        excess.push(d.id);
+                        continue;
                     }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "reading the next due time failed"),
+                };
+                in_flight.add(d.webhook_id);
+                let job = Job {
+                    sender: self.sender.clone(),
+                    schedule: self.config.retry_schedule.clone(),
+                    records: record_tx.clone(),
+                    in_flight: in_flight.clone(),
+                };
+                tasks.spawn(job.attempt(d, permit));
+            }
+            if !excess.is_empty() {
+                if let Err(e) = self.store.release_claims(&excess).await {
+                    tracing::warn!(error = %e, "could not release claims; their lease will expire");
                 }
             }
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = capacity.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.cancelled() => {}
-            }
+            metrics::gauge!(m::IN_FLIGHT).set(tasks.len() as f64);
         }
 
-        tracing::info!(in_flight = tasks.len(), "delivery workers draining");
-        while tasks.join_next().await.is_some() {}
         metrics::gauge!(m::IN_FLIGHT).set(0.0);
-        drop(record_tx);
-        let _ = recorder.await;
         tracing::info!("delivery workers stopped");
+    }
+
+    /// Nothing to write and nothing known to claim: waits for an outcome, new work, the
+    /// next due time, the fallback poll or shutdown (while stopping, only for outcomes).
+    #[allow(clippy::too_many_arguments)]
+    async fn idle(
+        &self,
+        shutdown: &CancellationToken,
+        stopping: bool,
+        free: usize,
+        cap: usize,
+        in_flight: &InFlight,
+        record_rx: &mut mpsc::Receiver<(AttemptRecord, OwnedSemaphorePermit)>,
+        tasks: &mut JoinSet<()>,
+        records: &mut Vec<AttemptRecord>,
+        held: &mut Vec<OwnedSemaphorePermit>,
+    ) {
+        if stopping {
+            tracing::debug!(in_flight = tasks.len(), "delivery workers draining");
+            tokio::select! {
+                Some((r, p)) = record_rx.recv() => {
+                    records.push(r);
+                    held.push(p);
+                }
+                // A task that panicked sends nothing; seeing it end is enough.
+                Some(_) = tasks.join_next() => {}
+            }
+            return;
+        }
+        let mut wait = self.config.poll_interval;
+        if free > 0 {
+            let now = now_ms();
+            match self
+                .store
+                .next_claimable_at(now, &in_flight.saturated(cap))
+                .await
+            {
+                Ok(Some(t)) => wait = wait.min(Duration::from_millis((t - now).max(1) as u64)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading the next due time failed"),
+            }
+        }
+        tokio::select! {
+            Some((r, p)) = record_rx.recv() => {
+                records.push(r);
+                held.push(p);
+            }
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => {}
+        }
     }
 }
 
@@ -249,9 +321,8 @@ impl Job {
         }
         .instrument(span)
         .await;
-        // The endpoint's slot is free now, but the loop hears of it only when the recorder
-        // has written a batch: freed slots then come back together, and one claim fills
-        // them instead of one claim per finished attempt.
+        // The endpoint's slot is free now; the loop claims for it in the turn that writes
+        // this outcome, together with every other outcome that came back meanwhile.
         self.in_flight.remove(d.webhook_id);
         // A closed channel means the process is stopping; the lease brings it back.
         let _ = self.records.send((record, permit)).await;
@@ -310,38 +381,5 @@ pub fn attempt_record(
         error: outcome.error,
         response_body: outcome.response_body,
         result,
-    }
-}
-
-/// Writes outcomes in batches; on a database error it keeps the batch and tries again.
-/// Permits are returned only once their attempt is on disk.
-async fn run_recorder(
-    store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<(AttemptRecord, OwnedSemaphorePermit)>,
-    capacity: Arc<Notify>,
-) {
-    let mut batch = Vec::with_capacity(RECORD_BATCH);
-    let mut permits = Vec::with_capacity(RECORD_BATCH);
-    while let Some((record, permit)) = rx.recv().await {
-        batch.push(record);
-        permits.push(permit);
-        while batch.len() < RECORD_BATCH {
-            match rx.try_recv() {
-                Ok((r, p)) => {
-                    batch.push(r);
-                    permits.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        let mut failures = 0u32;
-        while let Err(e) = store.record_attempts(&batch).await {
-            failures += 1;
-            tracing::error!(error = %e, batch = batch.len(), failures, "recording attempts failed; retrying");
-            tokio::time::sleep(ERROR_BACKOFF * failures.min(10)).await;
-        }
-        batch.clear();
-        permits.clear();
-        capacity.notify_one();
     }
 }

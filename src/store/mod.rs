@@ -6,6 +6,7 @@ mod rows;
 pub mod secrets;
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -271,6 +272,32 @@ pub trait Store: Send + Sync + 'static {
     /// Records finished attempts and their consequences, in one transaction.
     async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()>;
 
+    /// The dispatcher's turn: `record_attempts`, then `claim_due_deliveries`, in one
+    /// transaction where the backend can. An error means the records were not written;
+    /// once they are, a failed claim only logs (the next turn claims again).
+    #[allow(clippy::too_many_arguments)]
+    async fn record_and_claim(
+        &self,
+        records: &[AttemptRecord],
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+        per_endpoint: usize,
+        in_flight: &[(i64, usize)],
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        self.record_attempts(records).await?;
+        match self
+            .claim_due_deliveries(now_ms, lease_until_ms, limit, per_endpoint, in_flight)
+            .await
+        {
+            Ok(claimed) => Ok(claimed),
+            Err(e) => {
+                tracing::error!(error = %e, "claiming deliveries failed");
+                Ok(Vec::new())
+            }
+        }
+    }
+
     /// Pending deliveries, for the queue-depth gauge.
     async fn queue_depth(&self) -> StoreResult<i64>;
 
@@ -426,9 +453,52 @@ pub(crate) fn saturated(in_flight: &[(i64, usize)], per_endpoint: usize) -> Vec<
         .collect()
 }
 
+/// From due deliveries `(id, webhook_id)` in the order they are due, the ones a claim
+/// takes: at most `limit`, and per webhook no more than `per_endpoint` counting the
+/// attempts already in flight to it.
+pub(crate) fn pick_claims(
+    due: &[(i64, i64)],
+    in_flight: &[(i64, usize)],
+    per_endpoint: usize,
+    limit: usize,
+) -> Vec<i64> {
+    let mut taken: HashMap<i64, usize> = in_flight.iter().copied().collect();
+    let mut out = Vec::with_capacity(limit.min(due.len()));
+    for &(id, webhook_id) in due {
+        if out.len() == limit {
+            break;
+        }
+        let n = taken.entry(webhook_id).or_default();
+        if *n < per_endpoint {
+            *n += 1;
+            out.push(id);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pick_claims_respects_the_endpoint_bound_and_the_limit() {
+        // Webhook 1 has 3 due, webhook 2 has 2 due and 1 in flight, webhook 3 is full.
+        let due = [
+            (10, 1),
+            (11, 2),
+            (12, 1),
+            (13, 3),
+            (14, 2),
+            (15, 1),
+            (16, 4),
+        ];
+        let in_flight = [(2, 1), (3, 2)];
+        assert_eq!(pick_claims(&due, &in_flight, 2, 10), vec![10, 11, 12, 16]);
+        assert_eq!(pick_claims(&due, &in_flight, 2, 2), vec![10, 11]);
+        assert_eq!(pick_claims(&due, &[], 1, 10), vec![10, 11, 13, 16]);
+        assert!(pick_claims(&due, &[], 0, 10).is_empty());
+    }
 
     fn rec(webhook_id: i64, t: i64, result: AttemptResult) -> AttemptRecord {
         AttemptRecord {

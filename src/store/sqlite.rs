@@ -131,15 +131,6 @@ fn json_ids(ids: &[i64]) -> String {
     serde_json::to_string(ids).expect("ids encode")
 }
 
-/// `{"webhook id": attempts in flight}`, for `json_extract`.
-fn in_flight_json(in_flight: &[(i64, usize)]) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = in_flight
-        .iter()
-        .map(|(id, n)| (id.to_string(), serde_json::Value::from(*n)))
-        .collect();
-    serde_json::Value::Object(map).to_string()
-}
-
 super::rows::row_decoders!(SqliteRow);
 
 /// The delivery hot path (claims and attempt outcomes) commits without waiting for the
@@ -166,9 +157,9 @@ impl SqliteStore {
         }
     }
 
-    async fn claim_on(
+    async fn claim_in(
         &self,
-        conn: &mut SqliteConnection,
+        tx: &mut Tx<'_>,
         now_ms: i64,
         lease_until_ms: i64,
         limit: usize,
@@ -178,38 +169,33 @@ impl SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         // Look a little past `limit` so that one endpoint with a deep queue cannot hide
-        // the others from this claim; each endpoint gets at most `per_endpoint`.
-        let claimed: Vec<i64> = sqlx::query_scalar(
-            "WITH due AS ( \
-               SELECT id, webhook_id, next_attempt_at FROM deliveries \
-               WHERE status = 'pending' AND next_attempt_at <= ?1 \
-                 AND (locked_until IS NULL OR locked_until <= ?1) \
-                 AND webhook_id NOT IN (SELECT value FROM json_each(?2)) \
-               ORDER BY next_attempt_at LIMIT ?3), \
-             flight (wid, n) AS MATERIALIZED ( \
-               SELECT CAST(key AS INTEGER), value FROM json_each(?7)), \
-             ranked AS ( \
-               SELECT due.id, due.next_attempt_at, COALESCE(flight.n, 0) AS busy_slots, \
-                 ROW_NUMBER() OVER (PARTITION BY due.webhook_id ORDER BY due.next_attempt_at, due.id) AS rn \
-               FROM due LEFT JOIN flight ON flight.wid = due.webhook_id) \
-             UPDATE deliveries SET locked_until = ?4 \
-             WHERE id IN (SELECT id FROM ranked WHERE rn <= ?5 - busy_slots \
-               ORDER BY next_attempt_at LIMIT ?6) \
-             RETURNING id",
+        // the others from this claim; the choice per endpoint is made here, on the ids
+        // read from the due index alone (a window function in SQL cost twice as much).
+        let due: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, webhook_id FROM deliveries \
+             WHERE status = 'pending' AND next_attempt_at <= ?1 \
+               AND (locked_until IS NULL OR locked_until <= ?1) \
+               AND webhook_id NOT IN (SELECT value FROM json_each(?2)) \
+             ORDER BY next_attempt_at LIMIT ?3",
         )
         .bind(now_ms)
         .bind(json_ids(&saturated(in_flight, per_endpoint)))
         .bind((limit * 8) as i64)
-        .bind(lease_until_ms)
-        .bind(per_endpoint as i64)
-        .bind(limit as i64)
-        .bind(in_flight_json(in_flight))
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
+        let claimed = pick_claims(&due, in_flight, per_endpoint, limit);
+        if !claimed.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries SET locked_until = ?1 \
+                 WHERE id IN (SELECT value FROM json_each(?2))",
+            )
+            .bind(lease_until_ms)
+            .bind(json_ids(&claimed))
+            .execute(&mut **tx)
+            .await?;
+        }
         if claimed.is_empty() {
-            tx.commit().await?;
             return Ok(Vec::new());
         }
         let sql = format!(
@@ -221,7 +207,7 @@ impl SqliteStore {
         );
         let rows = sqlx::query(&sql)
             .bind(json_ids(&claimed))
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         let mut stopped = Vec::new();
@@ -253,22 +239,13 @@ impl SqliteStore {
                  error = 'webhook inactive' WHERE id IN (SELECT value FROM json_each(?1))",
             )
             .bind(json_ids(&stopped))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
         Ok(out)
     }
 
-    async fn record_on(
-        &self,
-        conn: &mut SqliteConnection,
-        records: &[AttemptRecord],
-    ) -> StoreResult<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    async fn record_in(&self, tx: &mut Tx<'_>, records: &[AttemptRecord]) -> StoreResult<()> {
         for chunk in records.chunks(RECORDS_PER_STATEMENT) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
@@ -284,7 +261,7 @@ impl SqliteStore {
                     .push_bind(&r.error)
                     .push_bind(&r.response_body);
             });
-            qb.build().execute(&mut *tx).await?;
+            qb.build().execute(&mut **tx).await?;
 
             // A delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -311,7 +288,7 @@ impl SqliteStore {
                  delivered_at = COALESCE(v.delivered, deliveries.delivered_at) \
                  FROM v WHERE deliveries.id = v.id",
             );
-            qb.build().execute(&mut *tx).await?;
+            qb.build().execute(&mut **tx).await?;
         }
         let deltas = health_deltas(records);
         for chunk in deltas.chunks(RECORDS_PER_STATEMENT) {
@@ -334,7 +311,7 @@ impl SqliteStore {
                  last_error = COALESCE(v.err, webhooks.last_error) \
                  FROM v WHERE webhooks.id = v.id",
             );
-            qb.build().execute(&mut *tx).await?;
+            qb.build().execute(&mut **tx).await?;
         }
         for r in records.iter().filter(|r| r.result == AttemptResult::Gone) {
             let at = r.started_at_ms + r.latency_ms;
@@ -345,18 +322,61 @@ impl SqliteStore {
             .bind(r.webhook_id)
             .bind(gone_reason(at))
             .bind(at)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
             fail_pending(
-                &mut tx,
+                tx,
                 r.webhook_id,
                 "webhook deactivated: endpoint answered 410 Gone",
             )
             .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
+
+    /// One transaction on the relaxed writer: outcomes first, then a claim if `claim`.
+    async fn hot_path(
+        &self,
+        records: &[AttemptRecord],
+        claim: Option<ClaimArgs<'_>>,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let mut conn = self.relaxed_writer().await?;
+        let result = async {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            if !records.is_empty() {
+                self.record_in(&mut tx, records).await?;
+            }
+            let claimed = match claim {
+                Some(c) => {
+                    self.claim_in(
+                        &mut tx,
+                        c.now_ms,
+                        c.lease_until_ms,
+                        c.limit,
+                        c.per_endpoint,
+                        c.in_flight,
+                    )
+                    .await?
+                }
+                None => Vec::new(),
+            };
+            tx.commit().await?;
+            Ok(claimed)
+        }
+        .await;
+        Self::restore_writer(conn).await;
+        result
+    }
+}
+
+/// A claim's parameters, as `Store::claim_due_deliveries` takes them.
+#[derive(Clone, Copy)]
+struct ClaimArgs<'a> {
+    now_ms: i64,
+    lease_until_ms: i64,
+    limit: usize,
+    per_endpoint: usize,
+    in_flight: &'a [(i64, usize)],
 }
 
 #[async_trait]
@@ -791,26 +811,40 @@ impl Store for SqliteStore {
         per_endpoint: usize,
         in_flight: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        let mut conn = self.relaxed_writer().await?;
-        let result = self
-            .claim_on(
-                &mut conn,
-                now_ms,
-                lease_until_ms,
-                limit,
-                per_endpoint,
-                in_flight,
-            )
-            .await;
-        Self::restore_writer(conn).await;
-        result
+        let claim = ClaimArgs {
+            now_ms,
+            lease_until_ms,
+            limit,
+            per_endpoint,
+            in_flight,
+        };
+        self.hot_path(&[], Some(claim)).await
     }
 
     async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()> {
-        let mut conn = self.relaxed_writer().await?;
-        let result = self.record_on(&mut conn, records).await;
-        Self::restore_writer(conn).await;
-        result
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.hot_path(records, None).await.map(|_| ())
+    }
+
+    async fn record_and_claim(
+        &self,
+        records: &[AttemptRecord],
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+        per_endpoint: usize,
+        in_flight: &[(i64, usize)],
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let claim = ClaimArgs {
+            now_ms,
+            lease_until_ms,
+            limit,
+            per_endpoint,
+            in_flight,
+        };
+        self.hot_path(records, Some(claim)).await
     }
 
     async fn next_claimable_at(&self, now_ms: i64, busy: &[i64]) -> StoreResult<Option<i64>> {
