@@ -3,6 +3,9 @@
 use clap::Parser;
 use kamiyo_webhooks::cli::{run, Cli};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     kamiyo_webhooks::telemetry::init();

@@ -5,6 +5,7 @@ pub mod postgres;
 mod rows;
 pub mod secrets;
 pub mod sqlite;
+mod sqlite_writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +35,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the database writer thread has stopped")]
+    WriterStopped,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -6,15 +6,15 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
 use sqlx::ConnectOptions;
-use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{Connection, Row, Sqlite, SqliteConnection};
 
 use super::rows::{DELIVERY_COLUMNS, EXPLOIT_JOIN_COLUMNS, WEBHOOK_COLUMNS};
+use super::sqlite_writer::{Claim, HotPath};
 use super::*;
 use crate::domain::exploit::Exploit;
 use crate::domain::filter::Filters;
@@ -27,16 +27,14 @@ pub struct SqliteStore {
     write: SqlitePool,
     /// Seals webhook secrets on write and opens them on read.
     secrets: SecretCodec,
+    /// Ingest, claims and attempt outcomes: a connection on a thread of its own.
+    hot: HotPath,
     /// The checkpoint task runs while this lives.
     _alive: Arc<()>,
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_CONNECTIONS: u32 = 8;
-/// SQLite allows 32766 bound parameters per statement; deliveries bind 5 each.
-const DELIVERY_ROWS_PER_INSERT: usize = 500;
-/// Attempt rows per statement (9 parameters each).
-const RECORDS_PER_STATEMENT: usize = 500;
 
 impl SqliteStore {
     pub async fn open(url: &str, secrets: SecretCodec) -> StoreResult<SqliteStore> {
@@ -71,12 +69,15 @@ impl SqliteStore {
         let read = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .acquire_timeout(BUSY_TIMEOUT)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await?;
+        // Opened after the pools: by then the file exists and is in WAL mode.
+        let hot = HotPath::open(options.get_filename(), secrets.clone())?;
         Ok(SqliteStore {
             read,
             write,
             secrets,
+            hot,
             _alive: alive,
         })
     }
@@ -132,252 +133,6 @@ fn json_ids(ids: &[i64]) -> String {
 }
 
 super::rows::row_decoders!(SqliteRow);
-
-/// The delivery hot path (claims and attempt outcomes) commits without waiting for the
-/// disk: after a power cut the worst case is a delivery sent once more (at-least-once).
-/// Everything else, ingest above all, keeps `synchronous = FULL`, and its next commit
-/// makes every earlier one durable too.
-impl SqliteStore {
-    async fn relaxed_writer(&self) -> StoreResult<PoolConnection<Sqlite>> {
-        let mut conn = self.write.acquire().await?;
-        sqlx::query("PRAGMA synchronous = NORMAL")
-            .execute(&mut *conn)
-            .await?;
-        Ok(conn)
-    }
-
-    async fn restore_writer(mut conn: PoolConnection<Sqlite>) {
-        if let Err(e) = sqlx::query("PRAGMA synchronous = FULL")
-            .execute(&mut *conn)
-            .await
-        {
-            // Never hand a relaxed connection back: a fresh one starts at FULL.
-            tracing::warn!(error = %e, "restoring synchronous = FULL failed; reconnecting");
-            conn.close_on_drop();
-        }
-    }
-
-    async fn claim_in(
-        &self,
-        tx: &mut Tx<'_>,
-        now_ms: i64,
-        lease_until_ms: i64,
-        limit: usize,
-        per_endpoint: usize,
-        in_flight: &[(i64, usize)],
-    ) -> StoreResult<Vec<ClaimedDelivery>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // Look a little past `limit` so that one endpoint with a deep queue cannot hide
-        // the others from this claim; the choice per endpoint is made here, on the ids
-        // read from the due index alone (a window function in SQL cost twice as much).
-        let due: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT id, webhook_id FROM deliveries \
-             WHERE status = 'pending' AND next_attempt_at <= ?1 \
-               AND (locked_until IS NULL OR locked_until <= ?1) \
-               AND webhook_id NOT IN (SELECT value FROM json_each(?2)) \
-             ORDER BY next_attempt_at LIMIT ?3",
-        )
-        .bind(now_ms)
-        .bind(json_ids(&saturated(in_flight, per_endpoint)))
-        .bind((limit * 8) as i64)
-        .fetch_all(&mut **tx)
-        .await?;
-        let claimed = pick_claims(&due, in_flight, per_endpoint, limit);
-        if !claimed.is_empty() {
-            sqlx::query(
-                "UPDATE deliveries SET locked_until = ?1 \
-                 WHERE id IN (SELECT value FROM json_each(?2))",
-            )
-            .bind(lease_until_ms)
-            .bind(json_ids(&claimed))
-            .execute(&mut **tx)
-            .await?;
-        }
-        if claimed.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT d.id, d.webhook_id, d.event, d.payload, d.attempts, d.schedule_base, \
-               w.url, w.secret, w.is_active, w.deleted_at, {EXPLOIT_JOIN_COLUMNS} \
-             FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-             LEFT JOIN exploits e ON e.id = d.exploit_id \
-             WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.next_attempt_at, d.id"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(json_ids(&claimed))
-            .fetch_all(&mut **tx)
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut stopped = Vec::new();
-        for row in &rows {
-            let id: i64 = row.try_get("id")?;
-            let active: bool = row.try_get("is_active")?;
-            let deleted: Option<i64> = row.try_get("deleted_at")?;
-            if !active || deleted.is_some() {
-                stopped.push(id);
-                continue;
-            }
-            let event: String = row.try_get("event")?;
-            let attempts: i64 = row.try_get("attempts")?;
-            let base: i64 = row.try_get("schedule_base")?;
-            out.push(ClaimedDelivery {
-                id,
-                webhook_id: row.try_get("webhook_id")?,
-                url: row.try_get("url")?,
-                secret: self.secrets.decode(&row.try_get::<String, _>("secret")?)?,
-                body: body_from_row(row, &event)?,
-                event,
-                attempt: attempts + 1,
-                round_attempt: attempts - base + 1,
-            });
-        }
-        if !stopped.is_empty() {
-            sqlx::query(
-                "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
-                 error = 'webhook inactive' WHERE id IN (SELECT value FROM json_each(?1))",
-            )
-            .bind(json_ids(&stopped))
-            .execute(&mut **tx)
-            .await?;
-        }
-        Ok(out)
-    }
-
-    async fn record_in(&self, tx: &mut Tx<'_>, records: &[AttemptRecord]) -> StoreResult<()> {
-        for chunk in records.chunks(RECORDS_PER_STATEMENT) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
-                 error_kind, error, response_body) ",
-            );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.delivery_id)
-                    .push_bind(r.attempt)
-                    .push_bind(r.started_at_ms)
-                    .push_bind(r.status_code)
-                    .push_bind(r.latency_ms)
-                    .push_bind(r.error_kind)
-                    .push_bind(&r.error)
-                    .push_bind(&r.response_body);
-            });
-            qb.build().execute(&mut **tx).await?;
-
-            // A delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "WITH v (id, finished, started, code, latency, error, status, next_at, delivered) AS (",
-            );
-            qb.push_values(chunk, |mut b, r| {
-                let (status, next_at, delivered_at) = delivery_outcome(r);
-                b.push_bind(r.delivery_id)
-                    .push_bind(r.started_at_ms + r.latency_ms)
-                    .push_bind(r.started_at_ms)
-                    .push_bind(r.status_code)
-                    .push_bind(r.latency_ms)
-                    .push_bind(&r.error)
-                    .push_bind(status)
-                    .push_bind(next_at)
-                    .push_bind(delivered_at);
-            });
-            qb.push(
-                ") UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = v.finished, \
-                 sent_at = COALESCE(sent_at, v.started), status_code = v.code, latency_ms = v.latency, \
-                 error = v.error, locked_until = NULL, \
-                 status = CASE WHEN deliveries.status = 'pending' THEN v.status ELSE deliveries.status END, \
-                 next_attempt_at = CASE WHEN deliveries.status = 'pending' THEN v.next_at ELSE NULL END, \
-                 delivered_at = COALESCE(v.delivered, deliveries.delivered_at) \
-                 FROM v WHERE deliveries.id = v.id",
-            );
-            qb.build().execute(&mut **tx).await?;
-        }
-        let deltas = health_deltas(records);
-        for chunk in deltas.chunks(RECORDS_PER_STATEMENT) {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new("WITH v (id, reset, failures, ok_at, fail_at, err) AS (");
-            qb.push_values(chunk, |mut b, d| {
-                b.push_bind(d.webhook_id)
-                    .push_bind(d.reset)
-                    .push_bind(d.failures)
-                    .push_bind(d.last_success_at)
-                    .push_bind(d.last_failure_at)
-                    .push_bind(&d.last_error);
-            });
-            qb.push(
-                ") UPDATE webhooks SET \
-                 consecutive_failures = CASE WHEN v.reset THEN v.failures \
-                   ELSE webhooks.consecutive_failures + v.failures END, \
-                 last_success_at = COALESCE(v.ok_at, webhooks.last_success_at), \
-                 last_failure_at = COALESCE(v.fail_at, webhooks.last_failure_at), \
-                 last_error = COALESCE(v.err, webhooks.last_error) \
-                 FROM v WHERE webhooks.id = v.id",
-            );
-            qb.build().execute(&mut **tx).await?;
-        }
-        for r in records.iter().filter(|r| r.result == AttemptResult::Gone) {
-            let at = r.started_at_ms + r.latency_ms;
-            sqlx::query(
-                "UPDATE webhooks SET is_active = 0, disabled_reason = ?2, updated_at = ?3 \
-                 WHERE id = ?1 AND deleted_at IS NULL",
-            )
-            .bind(r.webhook_id)
-            .bind(gone_reason(at))
-            .bind(at)
-            .execute(&mut **tx)
-            .await?;
-            fail_pending(
-                tx,
-                r.webhook_id,
-                "webhook deactivated: endpoint answered 410 Gone",
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// One transaction on the relaxed writer: outcomes first, then a claim if `claim`.
-    async fn hot_path(
-        &self,
-        records: &[AttemptRecord],
-        claim: Option<ClaimArgs<'_>>,
-    ) -> StoreResult<Vec<ClaimedDelivery>> {
-        let mut conn = self.relaxed_writer().await?;
-        let result = async {
-            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            if !records.is_empty() {
-                self.record_in(&mut tx, records).await?;
-            }
-            let claimed = match claim {
-                Some(c) => {
-                    self.claim_in(
-                        &mut tx,
-                        c.now_ms,
-                        c.lease_until_ms,
-                        c.limit,
-                        c.per_endpoint,
-                        c.in_flight,
-                    )
-                    .await?
-                }
-                None => Vec::new(),
-            };
-            tx.commit().await?;
-            Ok(claimed)
-        }
-        .await;
-        Self::restore_writer(conn).await;
-        result
-    }
-}
-
-/// A claim's parameters, as `Store::claim_due_deliveries` takes them.
-#[derive(Clone, Copy)]
-struct ClaimArgs<'a> {
-    now_ms: i64,
-    lease_until_ms: i64,
-    limit: usize,
-    per_endpoint: usize,
-    in_flight: &'a [(i64, usize)],
-}
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -666,84 +421,7 @@ impl Store for SqliteStore {
     }
 
     async fn ingest_exploits(&self, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>> {
-        let now = now_ms();
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        let mut targets = Vec::new();
-        for row in sqlx::query(
-            "SELECT id, min_amount_usd, chains, protocols, categories FROM webhooks \
-             WHERE deleted_at IS NULL AND is_active = 1",
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        {
-            targets.push((row.try_get::<i64, _>("id")?, filters_from_row(&row)?));
-        }
-
-        let mut outcomes = Vec::with_capacity(exploits.len());
-        let mut pending: Vec<(i64, i64)> = Vec::new();
-        for e in exploits {
-            let key = exploit_dedup_key(&e.chain, &e.tx_hash);
-            let inserted: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO exploits (dedup_key, tx_hash, chain, protocol, amount_usd, timestamp, \
-                 source, source_url, category, description, detected_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-                 ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
-            )
-            .bind(&key)
-            .bind(&e.tx_hash)
-            .bind(&e.chain)
-            .bind(&e.protocol)
-            .bind(e.amount_usd)
-            .bind(e.timestamp_ms)
-            .bind(&e.source)
-            .bind(&e.source_url)
-            .bind(&e.category)
-            .bind(&e.description)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(id) = inserted else {
-                let id: i64 = sqlx::query_scalar("SELECT id FROM exploits WHERE dedup_key = ?1")
-                    .bind(&key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                outcomes.push(IngestOutcome {
-                    id,
-                    duplicate: true,
-                    matched: 0,
-                });
-                continue;
-            };
-            let facts = e.facts();
-            let mut matched = 0;
-            for (webhook_id, filters) in &targets {
-                if filters.matches(&facts) {
-                    pending.push((*webhook_id, id));
-                    matched += 1;
-                }
-            }
-            outcomes.push(IngestOutcome {
-                id,
-                duplicate: false,
-                matched,
-            });
-        }
-        for chunk in pending.chunks(DELIVERY_ROWS_PER_INSERT) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO deliveries (webhook_id, exploit_id, event, status, next_attempt_at, created_at) ",
-            );
-            qb.push_values(chunk, |mut b, (webhook_id, exploit_id)| {
-                b.push_bind(*webhook_id)
-                    .push_bind(*exploit_id)
-                    .push_bind(crate::domain::payload::EVENT_EXPLOIT_DETECTED)
-                    .push("'pending'")
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            qb.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(outcomes)
+        self.hot.ingest(exploits).await
     }
 
     async fn webhook_health(&self, webhook_id: i64, now_ms: i64) -> StoreResult<HealthFigures> {
@@ -811,21 +489,15 @@ impl Store for SqliteStore {
         per_endpoint: usize,
         in_flight: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        let claim = ClaimArgs {
-            now_ms,
-            lease_until_ms,
-            limit,
-            per_endpoint,
-            in_flight,
-        };
-        self.hot_path(&[], Some(claim)).await
+        self.record_and_claim(&[], now_ms, lease_until_ms, limit, per_endpoint, in_flight)
+            .await
     }
 
     async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()> {
         if records.is_empty() {
             return Ok(());
         }
-        self.hot_path(records, None).await.map(|_| ())
+        self.hot.turn(records, None).await.map(|_| ())
     }
 
     async fn record_and_claim(
@@ -837,14 +509,14 @@ impl Store for SqliteStore {
         per_endpoint: usize,
         in_flight: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        let claim = ClaimArgs {
+        let claim = Claim {
             now_ms,
             lease_until_ms,
             limit,
             per_endpoint,
-            in_flight,
+            in_flight: in_flight.to_vec(),
         };
-        self.hot_path(records, Some(claim)).await
+        self.hot.turn(records, Some(claim)).await
     }
 
     async fn next_claimable_at(&self, now_ms: i64, busy: &[i64]) -> StoreResult<Option<i64>> {

@@ -1,0 +1,457 @@
+//! The SQLite delivery hot path on a thread of its own: one rusqlite connection runs each
+//! ingest and each dispatcher turn (outcomes, then a claim) as one synchronous
+//! transaction with cached statements. Through sqlx every statement was a round trip to
+//! its worker thread, and those hops, not SQLite, set the pace of delivery.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::{
+    delivery_outcome, exploit_dedup_key, gone_reason, health_deltas, pick_claims, saturated,
+    AttemptRecord, AttemptResult, ClaimedDelivery, IngestOutcome, StoreError, StoreResult,
+};
+use crate::domain::exploit::{Exploit, NewExploit};
+use crate::domain::filter::Filters;
+use crate::domain::payload::{encode_event, EVENT_EXPLOIT_DETECTED};
+use crate::domain::secretbox::SecretCodec;
+use crate::domain::time::now_ms;
+
+/// How long a statement waits for another connection's write lock before failing.
+const BUSY_WAIT: Duration = Duration::from_secs(30);
+/// Sleep between tries for the write lock: short, because the other writers' (CRUD)
+/// transactions are short too.
+const BUSY_STEP: Duration = Duration::from_micros(100);
+
+/// A claim's parameters, as `Store::claim_due_deliveries` takes them.
+pub(super) struct Claim {
+    pub now_ms: i64,
+    pub lease_until_ms: i64,
+    pub limit: usize,
+    pub per_endpoint: usize,
+    pub in_flight: Vec<(i64, usize)>,
+}
+
+enum Command {
+    Turn {
+        records: Vec<AttemptRecord>,
+        claim: Option<Claim>,
+        reply: oneshot::Sender<StoreResult<Vec<ClaimedDelivery>>>,
+    },
+    Ingest {
+        exploits: Vec<NewExploit>,
+        reply: oneshot::Sender<StoreResult<Vec<IngestOutcome>>>,
+    },
+}
+
+/// The handle; the thread ends (and closes its connection) when this is dropped.
+pub(super) struct HotPath {
+    commands: mpsc::Sender<Command>,
+}
+
+impl HotPath {
+    /// Opens a second write connection to the (existing, WAL-mode) database at `path`.
+    pub(super) fn open(path: &Path, secrets: SecretCodec) -> StoreResult<HotPath> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // NORMAL: outcomes and claims commit without waiting for the disk (after a power
+        // cut the worst case is a delivery sent once more); ingest switches to FULL.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.pragma_update(None, "temp_store", "memory")?;
+        // The hot index pages of the queue stay cached; checkpoints run elsewhere.
+        conn.pragma_update(None, "cache_size", -16384)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.busy_handler(Some(busy))?;
+        conn.set_prepared_statement_cache_capacity(32);
+        let (commands, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("kamiyo-sqlite".into())
+            .spawn(move || serve(conn, rx, secrets))
+            .map_err(|e| StoreError::Corrupt(format!("starting the SQLite writer thread: {e}")))?;
+        Ok(HotPath { commands })
+    }
+
+    /// Writes `records`, then claims if asked, in one transaction.
+    pub(super) async fn turn(
+        &self,
+        records: &[AttemptRecord],
+        claim: Option<Claim>,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Turn {
+            records: records.to_vec(),
+            claim,
+            reply,
+        })?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    pub(super) async fn ingest(&self, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Ingest {
+            exploits: exploits.to_vec(),
+            reply,
+        })?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    fn send(&self, command: Command) -> StoreResult<()> {
+        self.commands
+            .send(command)
+            .map_err(|_| StoreError::WriterStopped)
+    }
+}
+
+fn busy(tries: i32) -> bool {
+    if BUSY_STEP * tries.max(0) as u32 >= BUSY_WAIT {
+        return false;
+    }
+    std::thread::sleep(BUSY_STEP);
+    true
+}
+
+fn serve(mut conn: Connection, commands: mpsc::Receiver<Command>, secrets: SecretCodec) {
+    while let Ok(command) = commands.recv() {
+        match command {
+            Command::Turn {
+                records,
+                claim,
+                reply,
+            } => {
+                let _ = reply.send(turn(&mut conn, &secrets, &records, claim.as_ref()));
+            }
+            Command::Ingest { exploits, reply } => {
+                let _ = reply.send(ingest(&mut conn, &exploits));
+            }
+        }
+    }
+}
+
+fn turn(
+    conn: &mut Connection,
+    secrets: &SecretCodec,
+    records: &[AttemptRecord],
+    claim: Option<&Claim>,
+) -> StoreResult<Vec<ClaimedDelivery>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if !records.is_empty() {
+        record(&tx, records)?;
+    }
+    let claimed = match claim {
+        Some(c) => claim_due(&tx, secrets, c)?,
+        None => Vec::new(),
+    };
+    tx.commit()?;
+    Ok(claimed)
+}
+
+fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreResult<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, \
+         latency_ms, error_kind, error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    // SET expressions all read the row as it was, so both CASEs see the old status. A
+    // delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
+    let mut update = tx.prepare_cached(
+        "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = ?2, \
+         sent_at = COALESCE(sent_at, ?3), status_code = ?4, latency_ms = ?5, error = ?6, \
+         locked_until = NULL, \
+         status = CASE WHEN status = 'pending' THEN ?7 ELSE status END, \
+         next_attempt_at = CASE WHEN status = 'pending' THEN ?8 ELSE NULL END, \
+         delivered_at = COALESCE(?9, delivered_at) WHERE id = ?1",
+    )?;
+    for r in records {
+        insert.execute(params![
+            r.delivery_id,
+            r.attempt,
+            r.started_at_ms,
+            r.status_code,
+            r.latency_ms,
+            r.error_kind,
+            r.error,
+            r.response_body
+        ])?;
+        let (status, next_at, delivered_at) = delivery_outcome(r);
+        update.execute(params![
+            r.delivery_id,
+            r.started_at_ms + r.latency_ms,
+            r.started_at_ms,
+            r.status_code,
+            r.latency_ms,
+            r.error,
+            status,
+            next_at,
+            delivered_at
+        ])?;
+    }
+    let mut health = tx.prepare_cached(
+        "UPDATE webhooks SET \
+         consecutive_failures = CASE WHEN ?2 THEN ?3 ELSE consecutive_failures + ?3 END, \
+         last_success_at = COALESCE(?4, last_success_at), \
+         last_failure_at = COALESCE(?5, last_failure_at), \
+         last_error = COALESCE(?6, last_error) WHERE id = ?1",
+    )?;
+    for d in health_deltas(records) {
+        health.execute(params![
+            d.webhook_id,
+            d.reset,
+            d.failures,
+            d.last_success_at,
+            d.last_failure_at,
+            d.last_error
+        ])?;
+    }
+    for r in records.iter().filter(|r| r.result == AttemptResult::Gone) {
+        let at = r.started_at_ms + r.latency_ms;
+        tx.execute(
+            "UPDATE webhooks SET is_active = 0, disabled_reason = ?2, updated_at = ?3 \
+             WHERE id = ?1 AND deleted_at IS NULL",
+            params![r.webhook_id, gone_reason(at), at],
+        )?;
+        tx.execute(
+            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
+             error = ?2 WHERE webhook_id = ?1 AND status = 'pending'",
+            params![
+                r.webhook_id,
+                "webhook deactivated: endpoint answered 410 Gone"
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// A claimed row as read, before its secret is opened and its body built.
+struct ClaimedRow {
+    webhook_id: i64,
+    event: String,
+    payload: Option<String>,
+    attempts: i64,
+    schedule_base: i64,
+    url: String,
+    secret: String,
+    live: bool,
+    exploit: Option<Exploit>,
+}
+
+fn claim_due(
+    tx: &rusqlite::Transaction<'_>,
+    secrets: &SecretCodec,
+    c: &Claim,
+) -> StoreResult<Vec<ClaimedDelivery>> {
+    if c.limit == 0 {
+        return Ok(Vec::new());
+    }
+    // Look a little past `limit` so that one endpoint with a deep queue cannot hide the
+    // others from this claim; the ids come from the due index alone.
+    let due: Vec<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT id, webhook_id FROM deliveries \
+             WHERE status = 'pending' AND next_attempt_at <= ?1 \
+               AND (locked_until IS NULL OR locked_until <= ?1) \
+               AND webhook_id NOT IN (SELECT value FROM json_each(?2)) \
+             ORDER BY next_attempt_at LIMIT ?3",
+        )?
+        .query_map(
+            params![
+                c.now_ms,
+                serde_json::to_string(&saturated(&c.in_flight, c.per_endpoint))
+                    .expect("ids encode"),
+                (c.limit * 8) as i64
+            ],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    let claimed = pick_claims(&due, &c.in_flight, c.per_endpoint, c.limit);
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut lock = tx.prepare_cached("UPDATE deliveries SET locked_until = ?2 WHERE id = ?1")?;
+    let mut read = tx.prepare_cached(
+        "SELECT d.webhook_id, d.event, d.payload, d.attempts, d.schedule_base, \
+           w.url, w.secret, w.is_active = 1 AND w.deleted_at IS NULL, \
+           e.id, e.tx_hash, e.chain, e.protocol, e.amount_usd, e.timestamp, \
+           e.source, e.source_url, e.category, e.description, e.detected_at \
+         FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+         LEFT JOIN exploits e ON e.id = d.exploit_id WHERE d.id = ?1",
+    )?;
+    let mut stop = tx.prepare_cached(
+        "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
+         error = 'webhook inactive' WHERE id = ?1",
+    )?;
+    // A turn often holds one exploit for many webhooks: one body per exploit and one
+    // opened secret per webhook.
+    let mut bodies: HashMap<(i64, String), String> = HashMap::new();
+    let mut opened: HashMap<i64, String> = HashMap::new();
+    let mut out = Vec::with_capacity(claimed.len());
+    for id in claimed {
+        let row = read
+            .query_row(params![id], |row| {
+                let exploit = match row.get::<_, Option<i64>>(8)? {
+                    Some(eid) => Some(Exploit {
+                        id: eid,
+                        tx_hash: row.get(9)?,
+                        chain: row.get(10)?,
+                        protocol: row.get(11)?,
+                        amount_usd: row.get(12)?,
+                        timestamp_ms: row.get(13)?,
+                        source: row.get(14)?,
+                        source_url: row.get(15)?,
+                        category: row.get(16)?,
+                        description: row.get(17)?,
+                        detected_at_ms: row.get(18)?,
+                    }),
+                    None => None,
+                };
+                Ok(ClaimedRow {
+                    webhook_id: row.get(0)?,
+                    event: row.get(1)?,
+                    payload: row.get(2)?,
+                    attempts: row.get(3)?,
+                    schedule_base: row.get(4)?,
+                    url: row.get(5)?,
+                    secret: row.get(6)?,
+                    live: row.get(7)?,
+                    exploit,
+                })
+            })
+            .optional()?;
+        let Some(row) = row else { continue };
+        if !row.live {
+            stop.execute(params![id])?;
+            continue;
+        }
+        lock.execute(params![id, c.lease_until_ms])?;
+        let body = match (row.payload, &row.exploit) {
+            (Some(p), _) => p,
+            (None, Some(e)) => bodies
+                .entry((e.id, row.event.clone()))
+                .or_insert_with(|| encode_event(&row.event, e))
+                .clone(),
+            (None, None) => {
+                return Err(StoreError::Corrupt(
+                    "delivery without payload or exploit".into(),
+                ))
+            }
+        };
+        let secret = match opened.get(&row.webhook_id) {
+            Some(s) => s.clone(),
+            None => {
+                let s = secrets.decode(&row.secret)?;
+                opened.insert(row.webhook_id, s.clone());
+                s
+            }
+        };
+        out.push(ClaimedDelivery {
+            id,
+            webhook_id: row.webhook_id,
+            url: row.url,
+            secret,
+            body,
+            event: row.event,
+            attempt: row.attempts + 1,
+            round_attempt: row.attempts - row.schedule_base + 1,
+        });
+    }
+    Ok(out)
+}
+
+/// Ingest commits with `synchronous = FULL`: an acknowledged exploit survives a power
+/// cut, and that commit makes every earlier relaxed one durable too.
+fn ingest(conn: &mut Connection, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>> {
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let result = ingest_in(conn, exploits);
+    if let Err(e) = conn.pragma_update(None, "synchronous", "NORMAL") {
+        // Staying at FULL is slower, never less safe.
+        tracing::warn!(error = %e, "could not relax synchronous after ingest");
+    }
+    result
+}
+
+fn ingest_in(conn: &mut Connection, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>> {
+    let now = now_ms();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut targets: Vec<(i64, Filters)> = Vec::new();
+    {
+        let mut st = tx.prepare_cached(
+            "SELECT id, min_amount_usd, chains, protocols, categories FROM webhooks \
+             WHERE deleted_at IS NULL AND is_active = 1",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(row) = rows.next()? {
+            targets.push((
+                row.get(0)?,
+                Filters {
+                    min_amount_usd: row.get(1)?,
+                    chains: super::decode_list(row.get(2)?)?,
+                    protocols: super::decode_list(row.get(3)?)?,
+                    categories: super::decode_list(row.get(4)?)?,
+                },
+            ));
+        }
+    }
+    let mut insert_exploit = tx.prepare_cached(
+        "INSERT INTO exploits (dedup_key, tx_hash, chain, protocol, amount_usd, timestamp, \
+         source, source_url, category, description, detected_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+         ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+    )?;
+    let mut existing = tx.prepare_cached("SELECT id FROM exploits WHERE dedup_key = ?1")?;
+    let mut insert_delivery = tx.prepare_cached(
+        "INSERT INTO deliveries (webhook_id, exploit_id, event, status, next_attempt_at, created_at) \
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+    )?;
+    let mut outcomes = Vec::with_capacity(exploits.len());
+    for e in exploits {
+        let key = exploit_dedup_key(&e.chain, &e.tx_hash);
+        let inserted: Option<i64> = insert_exploit
+            .query_row(
+                params![
+                    key,
+                    e.tx_hash,
+                    e.chain,
+                    e.protocol,
+                    e.amount_usd,
+                    e.timestamp_ms,
+                    e.source,
+                    e.source_url,
+                    e.category,
+                    e.description,
+                    now
+                ],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let Some(id) = inserted else {
+            let id: i64 = existing.query_row(params![key], |row| row.get(0))?;
+            outcomes.push(IngestOutcome {
+                id,
+                duplicate: true,
+                matched: 0,
+            });
+            continue;
+        };
+        let facts = e.facts();
+        let mut matched = 0;
+        for (webhook_id, filters) in &targets {
+            if filters.matches(&facts) {
+                insert_delivery.execute(params![webhook_id, id, EVENT_EXPLOIT_DETECTED, now])?;
+                matched += 1;
+            }
+        }
+        outcomes.push(IngestOutcome {
+            id,
+            duplicate: false,
+            matched,
+        });
+    }
+    drop((insert_exploit, existing, insert_delivery));
+    tx.commit()?;
+    Ok(outcomes)
+}
