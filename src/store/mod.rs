@@ -458,33 +458,67 @@ pub(crate) fn saturated(in_flight: &[(i64, usize)], per_endpoint: usize) -> Vec<
         .collect()
 }
 
-/// From due deliveries `(id, webhook_id)` in the order they are due, the ones a claim
-/// takes: at most `limit`, and per webhook no more than `per_endpoint` counting the
-/// attempts already in flight to it.
-pub(crate) fn pick_claims(
-    due: &[(i64, i64)],
-    in_flight: &[(i64, usize)],
+/// Chooses what a claim takes from due deliveries offered in the order they are due: at
+/// most `limit`, and per webhook no more than `per_endpoint` counting the attempts
+/// already in flight to it.
+pub(crate) struct ClaimPicker {
+    taken: HashMap<i64, usize>,
     per_endpoint: usize,
     limit: usize,
-) -> Vec<i64> {
-    let mut taken: HashMap<i64, usize> = in_flight.iter().copied().collect();
-    let mut out = Vec::with_capacity(limit.min(due.len()));
-    for &(id, webhook_id) in due {
-        if out.len() == limit {
-            break;
-        }
-        let n = taken.entry(webhook_id).or_default();
-        if *n < per_endpoint {
-            *n += 1;
-            out.push(id);
+    picked: Vec<i64>,
+}
+
+impl ClaimPicker {
+    pub(crate) fn new(in_flight: &[(i64, usize)], per_endpoint: usize, limit: usize) -> Self {
+        ClaimPicker {
+            taken: in_flight.iter().copied().collect(),
+            per_endpoint,
+            limit,
+            picked: Vec::with_capacity(limit.min(1024)),
         }
     }
-    out
+
+    /// Takes the delivery if its webhook has room; false once the claim is full.
+    pub(crate) fn offer(&mut self, id: i64, webhook_id: i64) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        let n = self.taken.entry(webhook_id).or_default();
+        if *n < self.per_endpoint {
+            *n += 1;
+            self.picked.push(id);
+        }
+        !self.is_full()
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.picked.len() >= self.limit
+    }
+
+    pub(crate) fn picked(self) -> Vec<i64> {
+        self.picked
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`ClaimPicker`] over a whole list.
+    fn pick_claims(
+        due: &[(i64, i64)],
+        in_flight: &[(i64, usize)],
+        per_endpoint: usize,
+        limit: usize,
+    ) -> Vec<i64> {
+        let mut picker = ClaimPicker::new(in_flight, per_endpoint, limit);
+        for &(id, webhook_id) in due {
+            if !picker.offer(id, webhook_id) {
+                break;
+            }
+        }
+        picker.picked()
+    }
 
     #[test]
     fn pick_claims_respects_the_endpoint_bound_and_the_limit() {

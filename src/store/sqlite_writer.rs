@@ -3,6 +3,7 @@
 //! transaction with cached statements. Through sqlx every statement was a round trip to
 //! its worker thread, and those hops, not SQLite, set the pace of delivery.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
@@ -12,8 +13,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::oneshot;
 
 use super::{
-    delivery_outcome, exploit_dedup_key, gone_reason, health_deltas, pick_claims, saturated,
-    AttemptRecord, AttemptResult, ClaimedDelivery, IngestOutcome, StoreError, StoreResult,
+    delivery_outcome, exploit_dedup_key, gone_reason, health_deltas, saturated, AttemptRecord,
+    AttemptResult, ClaimPicker, ClaimedDelivery, IngestOutcome, StoreError, StoreResult,
 };
 use crate::domain::exploit::{Exploit, NewExploit};
 use crate::domain::filter::Filters;
@@ -227,17 +228,11 @@ fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreRes
     Ok(())
 }
 
-/// A claimed row as read, before its secret is opened and its body built.
-struct ClaimedRow {
-    webhook_id: i64,
-    event: String,
-    payload: Option<String>,
-    attempts: i64,
-    schedule_base: i64,
+/// The webhook of claimed deliveries, read once per turn.
+struct Target {
     url: String,
     secret: String,
     live: bool,
-    exploit: Option<Exploit>,
 }
 
 fn claim_due(
@@ -248,115 +243,125 @@ fn claim_due(
     if c.limit == 0 {
         return Ok(Vec::new());
     }
-    // Look a little past `limit` so that one endpoint with a deep queue cannot hide the
-    // others from this claim; the ids come from the due index alone.
-    let due: Vec<(i64, i64)> = tx
-        .prepare_cached(
+    // In due order from the index alone, stopping as soon as the claim is full; rows of
+    // endpoints without room are skipped, up to a bound, so that one endpoint with a
+    // deep queue cannot hide the others.
+    let mut picker = ClaimPicker::new(&c.in_flight, c.per_endpoint, c.limit);
+    {
+        let mut due = tx.prepare_cached(
             "SELECT id, webhook_id FROM deliveries \
              WHERE status = 'pending' AND next_attempt_at <= ?1 \
                AND (locked_until IS NULL OR locked_until <= ?1) \
                AND webhook_id NOT IN (SELECT value FROM json_each(?2)) \
              ORDER BY next_attempt_at LIMIT ?3",
-        )?
-        .query_map(
-            params![
-                c.now_ms,
-                serde_json::to_string(&saturated(&c.in_flight, c.per_endpoint))
-                    .expect("ids encode"),
-                (c.limit * 8) as i64
-            ],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?
-        .collect::<Result<_, _>>()?;
-    let claimed = pick_claims(&due, &c.in_flight, c.per_endpoint, c.limit);
+        )?;
+        let mut rows = due.query(params![
+            c.now_ms,
+            serde_json::to_string(&saturated(&c.in_flight, c.per_endpoint)).expect("ids encode"),
+            (c.limit * 8) as i64
+        ])?;
+        while let Some(row) = rows.next()? {
+            if !picker.offer(row.get(0)?, row.get(1)?) {
+                break;
+            }
+        }
+    }
+    let claimed = picker.picked();
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
-    let mut lock = tx.prepare_cached("UPDATE deliveries SET locked_until = ?2 WHERE id = ?1")?;
-    let mut read = tx.prepare_cached(
-        "SELECT d.webhook_id, d.event, d.payload, d.attempts, d.schedule_base, \
-           w.url, w.secret, w.is_active = 1 AND w.deleted_at IS NULL, \
-           e.id, e.tx_hash, e.chain, e.protocol, e.amount_usd, e.timestamp, \
-           e.source, e.source_url, e.category, e.description, e.detected_at \
-         FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-         LEFT JOIN exploits e ON e.id = d.exploit_id WHERE d.id = ?1",
+    let mut lock = tx.prepare_cached(
+        "UPDATE deliveries SET locked_until = ?2 WHERE id = ?1 \
+         RETURNING webhook_id, event, payload, exploit_id, attempts, schedule_base",
+    )?;
+    let mut webhook = tx.prepare_cached(
+        "SELECT url, secret, is_active = 1 AND deleted_at IS NULL FROM webhooks WHERE id = ?1",
+    )?;
+    let mut exploit = tx.prepare_cached(
+        "SELECT id, tx_hash, chain, protocol, amount_usd, timestamp, source, source_url, \
+         category, description, detected_at FROM exploits WHERE id = ?1",
     )?;
     let mut stop = tx.prepare_cached(
         "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
          error = 'webhook inactive' WHERE id = ?1",
     )?;
-    // A turn often holds one exploit for many webhooks: one body per exploit and one
-    // opened secret per webhook.
+    // A turn often holds one exploit for many webhooks and several deliveries for one
+    // webhook: each body is built once, each webhook read and its secret opened once.
     let mut bodies: HashMap<(i64, String), String> = HashMap::new();
-    let mut opened: HashMap<i64, String> = HashMap::new();
+    let mut targets: HashMap<i64, Target> = HashMap::new();
     let mut out = Vec::with_capacity(claimed.len());
     for id in claimed {
-        let row = read
-            .query_row(params![id], |row| {
-                let exploit = match row.get::<_, Option<i64>>(8)? {
-                    Some(eid) => Some(Exploit {
-                        id: eid,
-                        tx_hash: row.get(9)?,
-                        chain: row.get(10)?,
-                        protocol: row.get(11)?,
-                        amount_usd: row.get(12)?,
-                        timestamp_ms: row.get(13)?,
-                        source: row.get(14)?,
-                        source_url: row.get(15)?,
-                        category: row.get(16)?,
-                        description: row.get(17)?,
-                        detected_at_ms: row.get(18)?,
-                    }),
-                    None => None,
+        let (webhook_id, event, payload, exploit_id, attempts, schedule_base) =
+            lock.query_row(params![id, c.lease_until_ms], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, Option<i64>>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, i64>(5)?,
+                ))
+            })?;
+        let target = match targets.entry(webhook_id) {
+            Entry::Occupied(t) => t.into_mut(),
+            Entry::Vacant(slot) => {
+                let (url, sealed, live) = webhook.query_row(params![webhook_id], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, bool>(2)?,
+                    ))
+                })?;
+                let secret = if live {
+                    secrets.decode(&sealed)?
+                } else {
+                    String::new()
                 };
-                Ok(ClaimedRow {
-                    webhook_id: row.get(0)?,
-                    event: row.get(1)?,
-                    payload: row.get(2)?,
-                    attempts: row.get(3)?,
-                    schedule_base: row.get(4)?,
-                    url: row.get(5)?,
-                    secret: row.get(6)?,
-                    live: row.get(7)?,
-                    exploit,
-                })
-            })
-            .optional()?;
-        let Some(row) = row else { continue };
-        if !row.live {
+                slot.insert(Target { url, secret, live })
+            }
+        };
+        if !target.live {
             stop.execute(params![id])?;
             continue;
         }
-        lock.execute(params![id, c.lease_until_ms])?;
-        let body = match (row.payload, &row.exploit) {
+        let body = match (payload, exploit_id) {
             (Some(p), _) => p,
-            (None, Some(e)) => bodies
-                .entry((e.id, row.event.clone()))
-                .or_insert_with(|| encode_event(&row.event, e))
-                .clone(),
+            (None, Some(eid)) => match bodies.entry((eid, event.clone())) {
+                Entry::Occupied(b) => b.get().clone(),
+                Entry::Vacant(slot) => {
+                    let e = exploit.query_row(params![eid], |row| {
+                        Ok(Exploit {
+                            id: row.get(0)?,
+                            tx_hash: row.get(1)?,
+                            chain: row.get(2)?,
+                            protocol: row.get(3)?,
+                            amount_usd: row.get(4)?,
+                            timestamp_ms: row.get(5)?,
+                            source: row.get(6)?,
+                            source_url: row.get(7)?,
+                            category: row.get(8)?,
+                            description: row.get(9)?,
+                            detected_at_ms: row.get(10)?,
+                        })
+                    })?;
+                    slot.insert(encode_event(&event, &e)).clone()
+                }
+            },
             (None, None) => {
                 return Err(StoreError::Corrupt(
                     "delivery without payload or exploit".into(),
                 ))
             }
         };
-        let secret = match opened.get(&row.webhook_id) {
-            Some(s) => s.clone(),
-            None => {
-                let s = secrets.decode(&row.secret)?;
-                opened.insert(row.webhook_id, s.clone());
-                s
-            }
-        };
         out.push(ClaimedDelivery {
             id,
-            webhook_id: row.webhook_id,
-            url: row.url,
-            secret,
+            webhook_id,
+            url: target.url.clone(),
+            secret: target.secret.clone(),
             body,
-            event: row.event,
-            attempt: row.attempts + 1,
-            round_attempt: row.attempts - row.schedule_base + 1,
+            event,
+            attempt: attempts + 1,
+            round_attempt: attempts - schedule_base + 1,
         });
     }
     Ok(out)
