@@ -22,6 +22,10 @@ use crate::store::{AttemptRecord, AttemptResult, ClaimedDelivery, Store};
 const CLAIM_BATCH: usize = 256;
 /// Most outcomes written in one transaction.
 const RECORD_BATCH: usize = 512;
+/// A turn with fewer outcomes than this, while many attempts are in flight, waits up to
+/// `GATHER_WAIT` for more.
+const GATHER_MIN: usize = 32;
+const GATHER_WAIT: Duration = Duration::from_micros(500);
 /// Pause after a database error before trying again.
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -136,6 +140,20 @@ impl Dispatcher {
                         held.push(p);
                     }
                     Err(_) => break,
+                }
+            }
+            // Group commit: with many attempts in flight and few outcomes in hand, a
+            // moment's wait gathers more of them into this turn's one transaction.
+            if !records.is_empty() && records.len() < GATHER_MIN && tasks.len() > 4 * GATHER_MIN {
+                let until = tokio::time::Instant::now() + GATHER_WAIT;
+                while records.len() < GATHER_MIN {
+                    match tokio::time::timeout_at(until, record_rx.recv()).await {
+                        Ok(Some((r, p))) => {
+                            records.push(r);
+                            held.push(p);
+                        }
+                        _ => break,
+                    }
                 }
             }
             let stopping = shutdown.is_cancelled();
