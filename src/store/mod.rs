@@ -463,6 +463,8 @@ pub(crate) fn saturated(in_flight: &[(i64, usize)], per_endpoint: usize) -> Vec<
 /// already in flight to it.
 pub(crate) struct ClaimPicker {
     taken: HashMap<i64, usize>,
+    /// A delivery may be offered twice (the head of the due order, then its endpoint).
+    seen: std::collections::HashSet<i64>,
     per_endpoint: usize,
     limit: usize,
     picked: Vec<i64>,
@@ -472,6 +474,7 @@ impl ClaimPicker {
     pub(crate) fn new(in_flight: &[(i64, usize)], per_endpoint: usize, limit: usize) -> Self {
         ClaimPicker {
             taken: in_flight.iter().copied().collect(),
+            seen: Default::default(),
             per_endpoint,
             limit,
             picked: Vec::with_capacity(limit.min(1024)),
@@ -484,11 +487,16 @@ impl ClaimPicker {
             return false;
         }
         let n = self.taken.entry(webhook_id).or_default();
-        if *n < self.per_endpoint {
+        if *n < self.per_endpoint && self.seen.insert(id) {
             *n += 1;
             self.picked.push(id);
         }
         !self.is_full()
+    }
+
+    /// Whether the webhook can take one more.
+    pub(crate) fn has_room(&self, webhook_id: i64) -> bool {
+        self.taken.get(&webhook_id).copied().unwrap_or(0) < self.per_endpoint
     }
 
     pub(crate) fn is_full(&self) -> bool {
@@ -537,6 +545,9 @@ mod tests {
         assert_eq!(pick_claims(&due, &in_flight, 2, 2), vec![10, 11]);
         assert_eq!(pick_claims(&due, &[], 1, 10), vec![10, 11, 13, 16]);
         assert!(pick_claims(&due, &[], 0, 10).is_empty());
+        // Offered twice (head of the due order, then by endpoint): taken once.
+        let twice = [(10, 1), (11, 1), (10, 1), (12, 1)];
+        assert_eq!(pick_claims(&twice, &[], 5, 10), vec![10, 11, 12]);
     }
 
     fn rec(webhook_id: i64, t: i64, result: AttemptResult) -> AttemptRecord {

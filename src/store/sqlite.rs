@@ -520,13 +520,17 @@ impl Store for SqliteStore {
     }
 
     async fn next_claimable_at(&self, now_ms: i64, busy: &[i64]) -> StoreResult<Option<i64>> {
-        // In index order, stopping at the first row that qualifies. Claims of a crashed
-        // process are not looked for here: the fallback poll finds them once their lease
-        // ends, and scanning every held row on each idle turn would cost more.
+        // In index order, and only the head of it: behind a deep queue of a busy
+        // endpoint the scan would otherwise read that whole queue on every idle turn (a
+        // later row is found by the fallback poll, or at once by the claim a new delivery
+        // wakes). Claims of a crashed process are not looked for here either: the poll
+        // finds them once their lease ends.
         Ok(sqlx::query_scalar(
-            "SELECT next_attempt_at FROM deliveries \
-             WHERE status = 'pending' AND (locked_until IS NULL OR locked_until <= ?1) \
-               AND webhook_id NOT IN (SELECT value FROM json_each(?2)) \
+            "SELECT next_attempt_at FROM ( \
+               SELECT next_attempt_at, webhook_id FROM deliveries \
+               WHERE status = 'pending' AND (locked_until IS NULL OR locked_until <= ?1) \
+               ORDER BY next_attempt_at LIMIT 1024) \
+             WHERE webhook_id NOT IN (SELECT value FROM json_each(?2)) \
              ORDER BY next_attempt_at LIMIT 1",
         )
         .bind(now_ms)

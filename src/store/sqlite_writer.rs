@@ -228,6 +228,54 @@ fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreRes
     Ok(())
 }
 
+/// Rows of the due order a claim reads before looking endpoint by endpoint.
+const HEAD_SCAN_MIN: usize = 256;
+/// Pending rows of one endpoint read to find its due ones (the rest wait for a retry).
+const ENDPOINT_SCAN: i64 = 256;
+
+/// Visits the endpoints with pending deliveries in id order (a loose scan of the
+/// `(webhook_id, status, id)` index: one seek per endpoint) and offers each endpoint
+/// with room its earliest due deliveries, until the claim is full.
+fn claim_past_head(
+    tx: &rusqlite::Transaction<'_>,
+    picker: &mut ClaimPicker,
+    c: &Claim,
+) -> StoreResult<()> {
+    let mut next_endpoint = tx.prepare_cached(
+        "SELECT webhook_id FROM deliveries WHERE webhook_id > ?1 AND status = 'pending' \
+         ORDER BY webhook_id LIMIT 1",
+    )?;
+    let mut due = tx.prepare_cached(
+        "SELECT id FROM (SELECT id, next_attempt_at, locked_until FROM deliveries \
+           WHERE webhook_id = ?1 AND status = 'pending' ORDER BY id LIMIT ?3) \
+         WHERE next_attempt_at <= ?2 AND (locked_until IS NULL OR locked_until <= ?2) \
+         ORDER BY next_attempt_at, id",
+    )?;
+    let full: std::collections::HashSet<i64> = saturated(&c.in_flight, c.per_endpoint)
+        .into_iter()
+        .collect();
+    let mut after = i64::MIN;
+    while !picker.is_full() {
+        let Some(webhook_id) = next_endpoint
+            .query_row(params![after], |row| row.get::<_, i64>(0))
+            .optional()?
+        else {
+            break;
+        };
+        after = webhook_id;
+        if full.contains(&webhook_id) || !picker.has_room(webhook_id) {
+            continue;
+        }
+        let mut rows = due.query(params![webhook_id, c.now_ms, ENDPOINT_SCAN])?;
+        while let Some(row) = rows.next()? {
+            if !picker.offer(row.get(0)?, webhook_id) || !picker.has_room(webhook_id) {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The webhook of claimed deliveries, read once per turn.
 struct Target {
     url: String,
@@ -243,28 +291,31 @@ fn claim_due(
     if c.limit == 0 {
         return Ok(Vec::new());
     }
-    // In due order from the index alone, stopping as soon as the claim is full; rows of
-    // endpoints without room are skipped, up to a bound, so that one endpoint with a
-    // deep queue cannot hide the others.
+    // The head of the due order, from the index alone, stopping as soon as the claim is
+    // full. The scan is bounded: behind a deep queue of an endpoint without room (down,
+    // or slow) it would otherwise read the whole queue on every turn.
     let mut picker = ClaimPicker::new(&c.in_flight, c.per_endpoint, c.limit);
+    let bound = (c.limit * 8).max(HEAD_SCAN_MIN);
+    let mut scanned = 0;
     {
         let mut due = tx.prepare_cached(
             "SELECT id, webhook_id FROM deliveries \
              WHERE status = 'pending' AND next_attempt_at <= ?1 \
                AND (locked_until IS NULL OR locked_until <= ?1) \
-               AND webhook_id NOT IN (SELECT value FROM json_each(?2)) \
-             ORDER BY next_attempt_at LIMIT ?3",
+             ORDER BY next_attempt_at LIMIT ?2",
         )?;
-        let mut rows = due.query(params![
-            c.now_ms,
-            serde_json::to_string(&saturated(&c.in_flight, c.per_endpoint)).expect("ids encode"),
-            (c.limit * 8) as i64
-        ])?;
+        let mut rows = due.query(params![c.now_ms, bound as i64])?;
         while let Some(row) = rows.next()? {
+            scanned += 1;
             if !picker.offer(row.get(0)?, row.get(1)?) {
                 break;
             }
         }
+    }
+    if !picker.is_full() && scanned == bound {
+        // The head is all endpoints without room: the others' due deliveries are found
+        // endpoint by endpoint, so one deep queue cannot hide them.
+        claim_past_head(tx, &mut picker, c)?;
     }
     let claimed = picker.picked();
     if claimed.is_empty() {

@@ -80,4 +80,52 @@ async fn a_black_holed_endpoint_does_not_delay_deliveries_to_healthy_ones() {
         .await;
 }
 
-crate::backend_tests!(a_black_holed_endpoint_does_not_delay_deliveries_to_healthy_ones,);
+/// Claims read only the head of the due order; when that head is all one
+/// endpoint without room, the others' deliveries must still be found.
+async fn a_deep_queue_behind_a_black_hole_does_not_hide_other_endpoints() {
+    let receiver = TestReceiver::start().await;
+    let app = spawn_app(&receiver, |cfg| {
+        cfg.max_in_flight = 2 * PER_ENDPOINT;
+        cfg.max_in_flight_per_endpoint = PER_ENDPOINT;
+        cfg.delivery_timeout = Duration::from_secs(50);
+    })
+    .await;
+    receiver.set("/black-hole", Behaviour::always(Reply::never()));
+    let key = app.create_user().await;
+    app.create_hook_with(
+        &key,
+        json!({"name": "hole", "url": receiver.url("/black-hole"), "protocols": ["Swallowed"]}),
+    )
+    .await;
+    app.create_hook_with(
+        &key,
+        json!({"name": "healthy", "url": receiver.url("/healthy"), "protocols": ["Healthy"]}),
+    )
+    .await;
+
+    // Far more due deliveries than a claim reads of the due order's head.
+    let backlog: Vec<_> = (0..600).map(|_| exploit_of("Swallowed")).collect();
+    app.ingest(json!(backlog)).await;
+    receiver
+        .wait_for("/black-hole", PER_ENDPOINT, Duration::from_secs(15))
+        .await;
+
+    for round in 1..=3 {
+        let ingested = Instant::now();
+        app.ingest_one(exploit_of("Healthy")).await;
+        let got = receiver
+            .wait_for("/healthy", round, Duration::from_secs(30))
+            .await;
+        let waited = got[round - 1].at.saturating_duration_since(ingested);
+        assert!(
+            waited < PROMPT,
+            "round {round}: the healthy endpoint got its delivery {waited:?} after ingestion"
+        );
+    }
+    assert_eq!(receiver.count("/black-hole"), PER_ENDPOINT);
+}
+
+crate::backend_tests!(
+    a_black_holed_endpoint_does_not_delay_deliveries_to_healthy_ones,
+    a_deep_queue_behind_a_black_hole_does_not_hide_other_endpoints,
+);
