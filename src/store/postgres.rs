@@ -68,6 +68,222 @@ async fn fail_pending(tx: &mut Tx<'_>, webhook_id: i64, why: &str) -> StoreResul
 
 super::rows::row_decoders!(PgRow);
 
+/// The delivery hot path (claims and attempt outcomes).
+impl PgStore {
+    /// A transaction whose commit does not wait for the WAL flush: after a database
+    /// crash the worst case is a delivery sent once more (at-least-once), as with
+    /// SQLite's relaxed writer. Ingest and everything else keep synchronous commits.
+    async fn hot_transaction(&self) -> StoreResult<Tx<'static>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    async fn claim_in(
+        &self,
+        tx: &mut Tx<'_>,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+        per_endpoint: usize,
+        in_flight: &[(i64, usize)],
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let busy = saturated(in_flight, per_endpoint);
+        let (flight_ids, flight_counts): (Vec<i64>, Vec<i64>) =
+            in_flight.iter().map(|(id, n)| (*id, *n as i64)).unzip();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Look a little past `limit` so that one endpoint with a deep queue cannot hide
+        // the others from this claim; each endpoint gets at most `per_endpoint`.
+        let claimed: Vec<i64> = sqlx::query_scalar(
+            "WITH due AS ( \
+               SELECT id, webhook_id, next_attempt_at FROM deliveries \
+               WHERE status = 'pending' AND next_attempt_at <= $1 \
+                 AND (locked_until IS NULL OR locked_until <= $1) \
+                 AND webhook_id <> ALL ($2::bigint[]) \
+               ORDER BY next_attempt_at LIMIT $3 \
+               FOR UPDATE SKIP LOCKED), \
+             ranked AS ( \
+               SELECT due.id, due.next_attempt_at, COALESCE(f.n, 0) AS busy_slots, \
+                 ROW_NUMBER() OVER (PARTITION BY due.webhook_id ORDER BY due.next_attempt_at, due.id) AS rn \
+               FROM due LEFT JOIN UNNEST($7::bigint[], $8::bigint[]) AS f (wid, n) ON f.wid = due.webhook_id) \
+             UPDATE deliveries SET locked_until = $4 \
+             WHERE id IN (SELECT id FROM ranked WHERE rn <= $5 - busy_slots ORDER BY next_attempt_at LIMIT $6) \
+             RETURNING id",
+        )
+        .bind(now_ms)
+        .bind(&busy)
+        .bind((limit * 8) as i64)
+        .bind(lease_until_ms)
+        .bind(per_endpoint as i64)
+        .bind(limit as i64)
+        .bind(&flight_ids)
+        .bind(&flight_counts)
+        .fetch_all(&mut **tx)
+        .await?;
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT d.id, d.webhook_id, d.event, d.payload, d.attempts, d.schedule_base, \
+               w.url, w.secret, w.is_active, w.deleted_at, {EXPLOIT_JOIN_COLUMNS} \
+             FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+             LEFT JOIN exploits e ON e.id = d.exploit_id \
+             WHERE d.id = ANY ($1::bigint[]) ORDER BY d.next_attempt_at, d.id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&claimed)
+            .fetch_all(&mut **tx)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut stopped = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let active: bool = row.try_get("is_active")?;
+            let deleted: Option<i64> = row.try_get("deleted_at")?;
+            if !active || deleted.is_some() {
+                stopped.push(id);
+                continue;
+            }
+            let event: String = row.try_get("event")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let base: i64 = row.try_get("schedule_base")?;
+            out.push(ClaimedDelivery {
+                id,
+                webhook_id: row.try_get("webhook_id")?,
+                url: row.try_get("url")?,
+                secret: self.secrets.decode(&row.try_get::<String, _>("secret")?)?,
+                body: body_from_row(row, &event)?,
+                event,
+                attempt: attempts + 1,
+                round_attempt: attempts - base + 1,
+            });
+        }
+        if !stopped.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
+                 error = 'webhook inactive' WHERE id = ANY ($1::bigint[])",
+            )
+            .bind(&stopped)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(out)
+    }
+
+    async fn record_in(&self, tx: &mut Tx<'_>, records: &[AttemptRecord]) -> StoreResult<()> {
+        let ids: Vec<i64> = records.iter().map(|r| r.delivery_id).collect();
+        let attempts: Vec<i64> = records.iter().map(|r| r.attempt).collect();
+        let started: Vec<i64> = records.iter().map(|r| r.started_at_ms).collect();
+        let finished: Vec<i64> = records
+            .iter()
+            .map(|r| r.started_at_ms + r.latency_ms)
+            .collect();
+        let codes: Vec<Option<i64>> = records.iter().map(|r| r.status_code).collect();
+        let latencies: Vec<i64> = records.iter().map(|r| r.latency_ms).collect();
+        let kinds: Vec<Option<&str>> = records.iter().map(|r| r.error_kind).collect();
+        let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
+        let bodies: Vec<Option<&str>> =
+            records.iter().map(|r| r.response_body.as_deref()).collect();
+        let outcomes: Vec<_> = records.iter().map(delivery_outcome).collect();
+        let statuses: Vec<&str> = outcomes.iter().map(|o| o.0).collect();
+        let next_at: Vec<Option<i64>> = outcomes.iter().map(|o| o.1).collect();
+        let delivered: Vec<Option<i64>> = outcomes.iter().map(|o| o.2).collect();
+
+        sqlx::query(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
+             error_kind, error, response_body) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+               $6::text[], $7::text[], $8::text[])",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&started)
+        .bind(&codes)
+        .bind(&latencies)
+        .bind(&kinds)
+        .bind(&errors)
+        .bind(&bodies)
+        .execute(&mut **tx)
+        .await?;
+        // A delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
+        sqlx::query(
+            "UPDATE deliveries d SET attempts = d.attempts + 1, last_attempt_at = v.finished, \
+             sent_at = COALESCE(d.sent_at, v.started), status_code = v.code, latency_ms = v.latency, \
+             error = v.error, locked_until = NULL, \
+             status = CASE WHEN d.status = 'pending' THEN v.status ELSE d.status END, \
+             next_attempt_at = CASE WHEN d.status = 'pending' THEN v.next_at ELSE NULL END, \
+             delivered_at = COALESCE(v.delivered, d.delivered_at) \
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], \
+               $7::text[], $8::bigint[], $9::bigint[]) \
+               AS v (id, finished, started, code, latency, error, status, next_at, delivered) \
+             WHERE d.id = v.id",
+        )
+        .bind(&ids)
+        .bind(&finished)
+        .bind(&started)
+        .bind(&codes)
+        .bind(&latencies)
+        .bind(&errors)
+        .bind(&statuses)
+        .bind(&next_at)
+        .bind(&delivered)
+        .execute(&mut **tx)
+        .await?;
+        let deltas = health_deltas(records);
+        // Ordered by id, so concurrent recorders lock webhook rows in the same order.
+        let mut deltas = deltas;
+        deltas.sort_by_key(|d| d.webhook_id);
+        let w_ids: Vec<i64> = deltas.iter().map(|d| d.webhook_id).collect();
+        let resets: Vec<bool> = deltas.iter().map(|d| d.reset).collect();
+        let failures: Vec<i64> = deltas.iter().map(|d| d.failures).collect();
+        let ok_at: Vec<Option<i64>> = deltas.iter().map(|d| d.last_success_at).collect();
+        let fail_at: Vec<Option<i64>> = deltas.iter().map(|d| d.last_failure_at).collect();
+        let last_errors: Vec<Option<&str>> =
+            deltas.iter().map(|d| d.last_error.as_deref()).collect();
+        sqlx::query(
+            "UPDATE webhooks w SET \
+             consecutive_failures = CASE WHEN v.reset THEN v.failures ELSE w.consecutive_failures + v.failures END, \
+             last_success_at = COALESCE(v.ok_at, w.last_success_at), \
+             last_failure_at = COALESCE(v.fail_at, w.last_failure_at), \
+             last_error = COALESCE(v.err, w.last_error) \
+             FROM UNNEST($1::bigint[], $2::bool[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[]) \
+               AS v (id, reset, failures, ok_at, fail_at, err) \
+             WHERE w.id = v.id",
+        )
+        .bind(&w_ids)
+        .bind(&resets)
+        .bind(&failures)
+        .bind(&ok_at)
+        .bind(&fail_at)
+        .bind(&last_errors)
+        .execute(&mut **tx)
+        .await?;
+        for r in records.iter().filter(|r| r.result == AttemptResult::Gone) {
+            let at = r.started_at_ms + r.latency_ms;
+            sqlx::query(
+                "UPDATE webhooks SET is_active = FALSE, disabled_reason = $2, updated_at = $3 \
+                 WHERE id = $1 AND deleted_at IS NULL",
+            )
+            .bind(r.webhook_id)
+            .bind(gone_reason(at))
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+            fail_pending(
+                tx,
+                r.webhook_id,
+                "webhook deactivated: endpoint answered 410 Gone",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn migrate(&self) -> StoreResult<()> {
@@ -532,88 +748,8 @@ impl Store for PgStore {
         per_endpoint: usize,
         in_flight: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        let busy = saturated(in_flight, per_endpoint);
-        let (flight_ids, flight_counts): (Vec<i64>, Vec<i64>) =
-            in_flight.iter().map(|(id, n)| (*id, *n as i64)).unzip();
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.pool.begin().await?;
-        // Look a little past `limit` so that one endpoint with a deep queue cannot hide
-        // the others from this claim; each endpoint gets at most `per_endpoint`.
-        let claimed: Vec<i64> = sqlx::query_scalar(
-            "WITH due AS ( \
-               SELECT id, webhook_id, next_attempt_at FROM deliveries \
-               WHERE status = 'pending' AND next_attempt_at <= $1 \
-                 AND (locked_until IS NULL OR locked_until <= $1) \
-                 AND webhook_id <> ALL ($2::bigint[]) \
-               ORDER BY next_attempt_at LIMIT $3 \
-               FOR UPDATE SKIP LOCKED), \
-             ranked AS ( \
-               SELECT due.id, due.next_attempt_at, COALESCE(f.n, 0) AS busy_slots, \
-                 ROW_NUMBER() OVER (PARTITION BY due.webhook_id ORDER BY due.next_attempt_at, due.id) AS rn \
-               FROM due LEFT JOIN UNNEST($7::bigint[], $8::bigint[]) AS f (wid, n) ON f.wid = due.webhook_id) \
-             UPDATE deliveries SET locked_until = $4 \
-             WHERE id IN (SELECT id FROM ranked WHERE rn <= $5 - busy_slots ORDER BY next_attempt_at LIMIT $6) \
-             RETURNING id",
-        )
-        .bind(now_ms)
-        .bind(&busy)
-        .bind((limit * 8) as i64)
-        .bind(lease_until_ms)
-        .bind(per_endpoint as i64)
-        .bind(limit as i64)
-        .bind(&flight_ids)
-        .bind(&flight_counts)
-        .fetch_all(&mut *tx)
-        .await?;
-        if claimed.is_empty() {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT d.id, d.webhook_id, d.event, d.payload, d.attempts, d.schedule_base, \
-               w.url, w.secret, w.is_active, w.deleted_at, {EXPLOIT_JOIN_COLUMNS} \
-             FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-             LEFT JOIN exploits e ON e.id = d.exploit_id \
-             WHERE d.id = ANY ($1::bigint[]) ORDER BY d.next_attempt_at, d.id"
-        );
-        let rows = sqlx::query(&sql).bind(&claimed).fetch_all(&mut *tx).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut stopped = Vec::new();
-        for row in &rows {
-            let id: i64 = row.try_get("id")?;
-            let active: bool = row.try_get("is_active")?;
-            let deleted: Option<i64> = row.try_get("deleted_at")?;
-            if !active || deleted.is_some() {
-                stopped.push(id);
-                continue;
-            }
-            let event: String = row.try_get("event")?;
-            let attempts: i64 = row.try_get("attempts")?;
-            let base: i64 = row.try_get("schedule_base")?;
-            out.push(ClaimedDelivery {
-                id,
-                webhook_id: row.try_get("webhook_id")?,
-                url: row.try_get("url")?,
-                secret: self.secrets.decode(&row.try_get::<String, _>("secret")?)?,
-                body: body_from_row(row, &event)?,
-                event,
-                attempt: attempts + 1,
-                round_attempt: attempts - base + 1,
-            });
-        }
-        if !stopped.is_empty() {
-            sqlx::query(
-                "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
-                 error = 'webhook inactive' WHERE id = ANY ($1::bigint[])",
-            )
-            .bind(&stopped)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(out)
+        self.record_and_claim(&[], now_ms, lease_until_ms, limit, per_endpoint, in_flight)
+            .await
     }
 
     async fn next_claimable_at(&self, now_ms: i64, busy: &[i64]) -> StoreResult<Option<i64>> {
@@ -657,114 +793,37 @@ impl Store for PgStore {
         if records.is_empty() {
             return Ok(());
         }
-        let ids: Vec<i64> = records.iter().map(|r| r.delivery_id).collect();
-        let attempts: Vec<i64> = records.iter().map(|r| r.attempt).collect();
-        let started: Vec<i64> = records.iter().map(|r| r.started_at_ms).collect();
-        let finished: Vec<i64> = records
-            .iter()
-            .map(|r| r.started_at_ms + r.latency_ms)
-            .collect();
-        let codes: Vec<Option<i64>> = records.iter().map(|r| r.status_code).collect();
-        let latencies: Vec<i64> = records.iter().map(|r| r.latency_ms).collect();
-        let kinds: Vec<Option<&str>> = records.iter().map(|r| r.error_kind).collect();
-        let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
-        let bodies: Vec<Option<&str>> =
-            records.iter().map(|r| r.response_body.as_deref()).collect();
-        let outcomes: Vec<_> = records.iter().map(delivery_outcome).collect();
-        let statuses: Vec<&str> = outcomes.iter().map(|o| o.0).collect();
-        let next_at: Vec<Option<i64>> = outcomes.iter().map(|o| o.1).collect();
-        let delivered: Vec<Option<i64>> = outcomes.iter().map(|o| o.2).collect();
-
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
-             error_kind, error, response_body) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-               $6::text[], $7::text[], $8::text[])",
-        )
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&started)
-        .bind(&codes)
-        .bind(&latencies)
-        .bind(&kinds)
-        .bind(&errors)
-        .bind(&bodies)
-        .execute(&mut *tx)
-        .await?;
-        // A delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
-        sqlx::query(
-            "UPDATE deliveries d SET attempts = d.attempts + 1, last_attempt_at = v.finished, \
-             sent_at = COALESCE(d.sent_at, v.started), status_code = v.code, latency_ms = v.latency, \
-             error = v.error, locked_until = NULL, \
-             status = CASE WHEN d.status = 'pending' THEN v.status ELSE d.status END, \
-             next_attempt_at = CASE WHEN d.status = 'pending' THEN v.next_at ELSE NULL END, \
-             delivered_at = COALESCE(v.delivered, d.delivered_at) \
-             FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], \
-               $7::text[], $8::bigint[], $9::bigint[]) \
-               AS v (id, finished, started, code, latency, error, status, next_at, delivered) \
-             WHERE d.id = v.id",
-        )
-        .bind(&ids)
-        .bind(&finished)
-        .bind(&started)
-        .bind(&codes)
-        .bind(&latencies)
-        .bind(&errors)
-        .bind(&statuses)
-        .bind(&next_at)
-        .bind(&delivered)
-        .execute(&mut *tx)
-        .await?;
-        let deltas = health_deltas(records);
-        // Ordered by id, so concurrent recorders lock webhook rows in the same order.
-        let mut deltas = deltas;
-        deltas.sort_by_key(|d| d.webhook_id);
-        let w_ids: Vec<i64> = deltas.iter().map(|d| d.webhook_id).collect();
-        let resets: Vec<bool> = deltas.iter().map(|d| d.reset).collect();
-        let failures: Vec<i64> = deltas.iter().map(|d| d.failures).collect();
-        let ok_at: Vec<Option<i64>> = deltas.iter().map(|d| d.last_success_at).collect();
-        let fail_at: Vec<Option<i64>> = deltas.iter().map(|d| d.last_failure_at).collect();
-        let last_errors: Vec<Option<&str>> =
-            deltas.iter().map(|d| d.last_error.as_deref()).collect();
-        sqlx::query(
-            "UPDATE webhooks w SET \
-             consecutive_failures = CASE WHEN v.reset THEN v.failures ELSE w.consecutive_failures + v.failures END, \
-             last_success_at = COALESCE(v.ok_at, w.last_success_at), \
-             last_failure_at = COALESCE(v.fail_at, w.last_failure_at), \
-             last_error = COALESCE(v.err, w.last_error) \
-             FROM UNNEST($1::bigint[], $2::bool[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[]) \
-               AS v (id, reset, failures, ok_at, fail_at, err) \
-             WHERE w.id = v.id",
-        )
-        .bind(&w_ids)
-        .bind(&resets)
-        .bind(&failures)
-        .bind(&ok_at)
-        .bind(&fail_at)
-        .bind(&last_errors)
-        .execute(&mut *tx)
-        .await?;
-        for r in records.iter().filter(|r| r.result == AttemptResult::Gone) {
-            let at = r.started_at_ms + r.latency_ms;
-            sqlx::query(
-                "UPDATE webhooks SET is_active = FALSE, disabled_reason = $2, updated_at = $3 \
-                 WHERE id = $1 AND deleted_at IS NULL",
-            )
-            .bind(r.webhook_id)
-            .bind(gone_reason(at))
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            fail_pending(
-                &mut tx,
-                r.webhook_id,
-                "webhook deactivated: endpoint answered 410 Gone",
-            )
-            .await?;
-        }
+        let mut tx = self.hot_transaction().await?;
+        self.record_in(&mut tx, records).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn record_and_claim(
+        &self,
+        records: &[AttemptRecord],
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+        per_endpoint: usize,
+        in_flight: &[(i64, usize)],
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let mut tx = self.hot_transaction().await?;
+        if !records.is_empty() {
+            self.record_in(&mut tx, records).await?;
+        }
+        let claimed = self
+            .claim_in(
+                &mut tx,
+                now_ms,
+                lease_until_ms,
+                limit,
+                per_endpoint,
+                in_flight,
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn queue_depth(&self) -> StoreResult<i64> {
