@@ -809,19 +809,45 @@ impl Store for PgStore {
         in_flight: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
         let mut tx = self.hot_transaction().await?;
-        if !records.is_empty() {
-            self.record_in(&mut tx, records).await?;
+        if records.is_empty() {
+            let claimed = self
+                .claim_in(
+                    &mut tx,
+                    now_ms,
+                    lease_until_ms,
+                    limit,
+                    per_endpoint,
+                    in_flight,
+                )
+                .await?;
+            tx.commit().await?;
+            return Ok(claimed);
         }
-        let claimed = self
+        self.record_in(&mut tx, records).await?;
+        // The outcomes must be written whatever happens to the claim (a secret that no
+        // longer opens after a key rotation, say): the claim gets a savepoint.
+        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+        let claimed = match self
             .claim_in(
-                &mut tx,
+                &mut savepoint,
                 now_ms,
                 lease_until_ms,
                 limit,
                 per_endpoint,
                 in_flight,
             )
-            .await?;
+            .await
+        {
+            Ok(claimed) => {
+                savepoint.commit().await?;
+                claimed
+            }
+            Err(e) => {
+                savepoint.rollback().await?;
+                tracing::error!(error = %e, "claiming deliveries failed; outcomes recorded");
+                Vec::new()
+            }
+        };
         tx.commit().await?;
         Ok(claimed)
     }

@@ -41,7 +41,7 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // FULL: an acknowledged ingest survives a power cut, not only a crash.
+            // FULL: an acknowledged write survives a power cut, not only a crash.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
@@ -52,16 +52,12 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(BUSY_TIMEOUT)
-            // The writer's page cache holds the hot index pages of the queue; readers keep
-            // SQLite's default (2 MiB each), so memory stays flat however deep the queue.
-            // Checkpoints run beside the writer (below), not inside one of its commits,
-            // where they would stall ingest and claims for tens of milliseconds.
-            .connect_with(
-                options
-                    .clone()
-                    .pragma("cache_size", "-16384")
-                    .pragma("wal_autocheckpoint", "0"),
-            )
+            // This writer does the rare writes (users, keys, webhooks); ingest, claims and
+            // outcomes have their own (`HotPath`, 16 MiB of cache). These keep SQLite's
+            // default page cache (2 MiB each), so memory stays flat however deep the
+            // queue. Checkpoints run beside the writers (below), not inside one of their
+            // commits, where they would stall writes for tens of milliseconds.
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
         let alive = Arc::new(());
         let checkpointer = options.clone().connect().await?;

@@ -146,7 +146,23 @@ fn turn(
         record(&tx, records)?;
     }
     let claimed = match claim {
-        Some(c) => claim_due(&tx, secrets, c)?,
+        Some(c) if records.is_empty() => claim_due(&tx, secrets, c)?,
+        Some(c) => {
+            // The outcomes must be written whatever happens to the claim (a secret that
+            // no longer opens after a key rotation, say): the claim gets a savepoint.
+            tx.execute_batch("SAVEPOINT claim")?;
+            match claim_due(&tx, secrets, c) {
+                Ok(claimed) => {
+                    tx.execute_batch("RELEASE claim")?;
+                    claimed
+                }
+                Err(e) => {
+                    tx.execute_batch("ROLLBACK TO claim; RELEASE claim")?;
+                    tracing::error!(error = %e, "claiming deliveries failed; outcomes recorded");
+                    Vec::new()
+                }
+            }
+        }
         None => Vec::new(),
     };
     tx.commit()?;

@@ -125,7 +125,69 @@ async fn a_deep_queue_behind_a_black_hole_does_not_hide_other_endpoints() {
     assert_eq!(receiver.count("/black-hole"), PER_ENDPOINT);
 }
 
+/// Replaces a webhook's stored secret with a sealed value no key opens, as a
+/// server still on an old key sees secrets re-encrypted under a new one.
+async fn seal_secret_shut(database_url: &str, webhook_id: i64) {
+    use sqlx::Connection as _;
+    let sql = "UPDATE webhooks SET secret = 'enc:v1:AAAA' WHERE id = $1";
+    if database_url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+        sqlx::query(sql)
+            .bind(webhook_id)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+        sqlx::query(sql)
+            .bind(webhook_id)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// A claim that fails (here on a secret that does not open) must not take the
+/// outcomes written in the same transaction down with it.
+async fn outcomes_are_recorded_while_another_webhooks_secret_cannot_be_opened() {
+    let receiver = TestReceiver::start().await;
+    let app = spawn_app(&receiver, |cfg| {
+        cfg.encryption_key = Some("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".into());
+    })
+    .await;
+    receiver.set("/slow", Behaviour::always(Reply::ok().after(ms(400))));
+    let key = app.create_user().await;
+    let good = app
+        .create_hook_with(
+            &key,
+            json!({"name": "good", "url": receiver.url("/slow"), "protocols": ["Good"]}),
+        )
+        .await;
+    let shut = app
+        .create_hook_with(
+            &key,
+            json!({"name": "shut", "url": receiver.url("/shut"), "protocols": ["Shut"]}),
+        )
+        .await;
+
+    app.ingest_one(exploit_of("Good")).await;
+    receiver.wait_for("/slow", 1, Duration::from_secs(10)).await;
+    // While the good attempt waits for its answer, a delivery whose secret does not
+    // open becomes due: every claim from now on fails.
+    seal_secret_shut(&app.database_url, shut.id).await;
+    app.ingest_one(exploit_of("Shut")).await;
+
+    let id = app.deliveries(&good).await[0]["id"].as_i64().unwrap();
+    let d = app
+        .wait_for_status(&good, id, "succeeded", Duration::from_secs(15))
+        .await;
+    assert_eq!(d["attempts"], 1, "{d}");
+    assert_eq!(d["attempt_log"].as_array().map(Vec::len), Some(1), "{d}");
+    assert_eq!(receiver.count("/shut"), 0, "nothing goes out unsigned");
+}
+
 crate::backend_tests!(
     a_black_holed_endpoint_does_not_delay_deliveries_to_healthy_ones,
     a_deep_queue_behind_a_black_hole_does_not_hide_other_endpoints,
+    outcomes_are_recorded_while_another_webhooks_secret_cannot_be_opened,
 );
