@@ -68,8 +68,60 @@ async fn fail_pending(tx: &mut Tx<'_>, webhook_id: i64, why: &str) -> StoreResul
 
 super::rows::row_decoders!(PgRow);
 
+/// Rows of the due order a claim reads before looking endpoint by endpoint.
+const HEAD_SCAN_MIN: usize = 256;
+/// Pending rows of one endpoint read to find its due ones (the rest wait for a retry).
+const ENDPOINT_SCAN: i64 = 256;
+
 /// The delivery hot path (claims and attempt outcomes).
 impl PgStore {
+    /// Visits the endpoints with pending deliveries in id order (one index probe each)
+    /// and offers each endpoint with room its earliest due deliveries, locked with
+    /// `SKIP LOCKED` so that no other worker takes them too, until the claim is full.
+    async fn claim_past_head(
+        tx: &mut Tx<'_>,
+        picker: &mut ClaimPicker,
+        now_ms: i64,
+        in_flight: &[(i64, usize)],
+        per_endpoint: usize,
+    ) -> StoreResult<()> {
+        let full = saturated(in_flight, per_endpoint);
+        let mut after = i64::MIN;
+        while !picker.is_full() {
+            let next: Option<i64> = sqlx::query_scalar(
+                "SELECT webhook_id FROM deliveries WHERE webhook_id > $1 AND status = 'pending' \
+                 ORDER BY webhook_id LIMIT 1",
+            )
+            .bind(after)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(webhook_id) = next else { break };
+            after = webhook_id;
+            if full.contains(&webhook_id) || !picker.has_room(webhook_id) {
+                continue;
+            }
+            let due: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM deliveries WHERE id IN ( \
+                   SELECT id FROM deliveries WHERE webhook_id = $1 AND status = 'pending' \
+                   ORDER BY id LIMIT $3) \
+                 AND status = 'pending' AND next_attempt_at <= $2 \
+                 AND (locked_until IS NULL OR locked_until <= $2) \
+                 ORDER BY next_attempt_at, id FOR UPDATE SKIP LOCKED",
+            )
+            .bind(webhook_id)
+            .bind(now_ms)
+            .bind(ENDPOINT_SCAN)
+            .fetch_all(&mut **tx)
+            .await?;
+            for id in due {
+                if !picker.offer(id, webhook_id) || !picker.has_room(webhook_id) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A transaction whose commit does not wait for the WAL flush: after a database
     /// crash the worst case is a delivery sent once more (at-least-once), as with
     /// SQLite's relaxed writer. Ingest and everything else keep synchronous commits.
@@ -90,40 +142,43 @@ impl PgStore {
         per_endpoint: usize,
         in_flight: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        let busy = saturated(in_flight, per_endpoint);
-        let (flight_ids, flight_counts): (Vec<i64>, Vec<i64>) =
-            in_flight.iter().map(|(id, n)| (*id, *n as i64)).unzip();
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // Look a little past `limit` so that one endpoint with a deep queue cannot hide
-        // the others from this claim; each endpoint gets at most `per_endpoint`.
-        let claimed: Vec<i64> = sqlx::query_scalar(
-            "WITH due AS ( \
-               SELECT id, webhook_id, next_attempt_at FROM deliveries \
-               WHERE status = 'pending' AND next_attempt_at <= $1 \
-                 AND (locked_until IS NULL OR locked_until <= $1) \
-                 AND webhook_id <> ALL ($2::bigint[]) \
-               ORDER BY next_attempt_at LIMIT $3 \
-               FOR UPDATE SKIP LOCKED), \
-             ranked AS ( \
-               SELECT due.id, due.next_attempt_at, COALESCE(f.n, 0) AS busy_slots, \
-                 ROW_NUMBER() OVER (PARTITION BY due.webhook_id ORDER BY due.next_attempt_at, due.id) AS rn \
-               FROM due LEFT JOIN UNNEST($7::bigint[], $8::bigint[]) AS f (wid, n) ON f.wid = due.webhook_id) \
-             UPDATE deliveries SET locked_until = $4 \
-             WHERE id IN (SELECT id FROM ranked WHERE rn <= $5 - busy_slots ORDER BY next_attempt_at LIMIT $6) \
-             RETURNING id",
+        // The head of the due order, locked and bounded: behind a deep queue of an
+        // endpoint without room, excluding it in SQL would read its whole queue on every
+        // turn. Each endpoint gets at most `per_endpoint` counting what is in flight.
+        let bound = (limit * 8).max(HEAD_SCAN_MIN);
+        let head: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, webhook_id FROM deliveries \
+             WHERE status = 'pending' AND next_attempt_at <= $1 \
+               AND (locked_until IS NULL OR locked_until <= $1) \
+             ORDER BY next_attempt_at LIMIT $2 \
+             FOR UPDATE SKIP LOCKED",
         )
         .bind(now_ms)
-        .bind(&busy)
-        .bind((limit * 8) as i64)
-        .bind(lease_until_ms)
-        .bind(per_endpoint as i64)
-        .bind(limit as i64)
-        .bind(&flight_ids)
-        .bind(&flight_counts)
+        .bind(bound as i64)
         .fetch_all(&mut **tx)
         .await?;
+        let mut picker = ClaimPicker::new(in_flight, per_endpoint, limit);
+        for &(id, webhook_id) in &head {
+            if !picker.offer(id, webhook_id) {
+                break;
+            }
+        }
+        if !picker.is_full() && head.len() == bound {
+            // The head is all endpoints without room: the others' due deliveries are
+            // found endpoint by endpoint, so one deep queue cannot hide them.
+            Self::claim_past_head(tx, &mut picker, now_ms, in_flight, per_endpoint).await?;
+        }
+        let claimed = picker.picked();
+        if !claimed.is_empty() {
+            sqlx::query("UPDATE deliveries SET locked_until = $1 WHERE id = ANY ($2::bigint[])")
+                .bind(lease_until_ms)
+                .bind(&claimed)
+                .execute(&mut **tx)
+                .await?;
+        }
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
@@ -753,13 +808,17 @@ impl Store for PgStore {
     }
 
     async fn next_claimable_at(&self, now_ms: i64, busy: &[i64]) -> StoreResult<Option<i64>> {
-        // In index order, stopping at the first row that qualifies. Claims of a crashed
-        // process are not looked for here: the fallback poll finds them once their lease
-        // ends, and scanning every held row on each idle turn would cost more.
+        // In index order, and only the head of it: behind a deep queue of a busy
+        // endpoint the scan would otherwise read that whole queue on every idle turn (a
+        // later row is found by the fallback poll, or at once by the claim a new delivery
+        // wakes). Claims of a crashed process are not looked for here either: the poll
+        // finds them once their lease ends.
         Ok(sqlx::query_scalar(
-            "SELECT next_attempt_at FROM deliveries \
-             WHERE status = 'pending' AND (locked_until IS NULL OR locked_until <= $1) \
-               AND webhook_id <> ALL ($2::bigint[]) \
+            "SELECT next_attempt_at FROM ( \
+               SELECT next_attempt_at, webhook_id FROM deliveries \
+               WHERE status = 'pending' AND (locked_until IS NULL OR locked_until <= $1) \
+               ORDER BY next_attempt_at LIMIT 1024) head \
+             WHERE webhook_id <> ALL ($2::bigint[]) \
              ORDER BY next_attempt_at LIMIT 1",
         )
         .bind(now_ms)
