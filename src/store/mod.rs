@@ -263,7 +263,10 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         per_endpoint: usize,
         in_flight: &[(i64, usize)],
-    ) -> StoreResult<Vec<ClaimedDelivery>>;
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        self.record_and_claim(&[], now_ms, lease_until_ms, limit, per_endpoint, in_flight)
+            .await
+    }
 
     /// When the earliest pending delivery outside `busy` becomes claimable, if any.
     async fn next_claimable_at(&self, now_ms: i64, busy: &[i64]) -> StoreResult<Option<i64>>;
@@ -277,9 +280,9 @@ pub trait Store: Send + Sync + 'static {
     /// Records finished attempts and their consequences, in one transaction.
     async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()>;
 
-    /// The dispatcher's turn: `record_attempts`, then `claim_due_deliveries`, in one
-    /// transaction where the backend can. An error means the records were not written;
-    /// once they are, a failed claim only logs (the next turn claims again).
+    /// The dispatcher's turn: `record_attempts`, then a claim as `claim_due_deliveries`
+    /// describes, in one transaction. An error means the records were not written; once
+    /// they are, a failed claim only logs (the next turn claims again).
     #[allow(clippy::too_many_arguments)]
     async fn record_and_claim(
         &self,
@@ -289,19 +292,7 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         per_endpoint: usize,
         in_flight: &[(i64, usize)],
-    ) -> StoreResult<Vec<ClaimedDelivery>> {
-        self.record_attempts(records).await?;
-        match self
-            .claim_due_deliveries(now_ms, lease_until_ms, limit, per_endpoint, in_flight)
-            .await
-        {
-            Ok(claimed) => Ok(claimed),
-            Err(e) => {
-                tracing::error!(error = %e, "claiming deliveries failed");
-                Ok(Vec::new())
-            }
-        }
-    }
+    ) -> StoreResult<Vec<ClaimedDelivery>>;
 
     /// Pending deliveries, for the queue-depth gauge.
     async fn queue_depth(&self) -> StoreResult<i64>;
@@ -447,15 +438,6 @@ pub(crate) fn gone_reason(at_ms: i64) -> String {
         "the endpoint answered 410 Gone at {} UTC; set is_active to true to resume",
         crate::domain::time::format_ms(at_ms)
     )
-}
-
-/// Webhooks with no room left for another attempt.
-pub(crate) fn saturated(in_flight: &[(i64, usize)], per_endpoint: usize) -> Vec<i64> {
-    in_flight
-        .iter()
-        .filter(|(_, n)| *n >= per_endpoint)
-        .map(|(id, _)| *id)
-        .collect()
 }
 
 /// Chooses what a claim takes from due deliveries offered in the order they are due: at

@@ -82,10 +82,7 @@ impl PgStore {
         tx: &mut Tx<'_>,
         picker: &mut ClaimPicker,
         now_ms: i64,
-        in_flight: &[(i64, usize)],
-        per_endpoint: usize,
     ) -> StoreResult<()> {
-        let full = saturated(in_flight, per_endpoint);
         let mut after = i64::MIN;
         while !picker.is_full() {
             let next: Option<i64> = sqlx::query_scalar(
@@ -97,7 +94,7 @@ impl PgStore {
             .await?;
             let Some(webhook_id) = next else { break };
             after = webhook_id;
-            if full.contains(&webhook_id) || !picker.has_room(webhook_id) {
+            if !picker.has_room(webhook_id) {
                 continue;
             }
             let due: Vec<i64> = sqlx::query_scalar(
@@ -169,7 +166,7 @@ impl PgStore {
         if !picker.is_full() && head.len() == bound {
             // The head is all endpoints without room: the others' due deliveries are
             // found endpoint by endpoint, so one deep queue cannot hide them.
-            Self::claim_past_head(tx, &mut picker, now_ms, in_flight, per_endpoint).await?;
+            Self::claim_past_head(tx, &mut picker, now_ms).await?;
         }
         let claimed = picker.picked();
         if !claimed.is_empty() {
@@ -793,18 +790,6 @@ impl Store for PgStore {
             .iter()
             .map(|id| by_id.remove(id).ok_or(StoreError::NotFound))
             .collect()
-    }
-
-    async fn claim_due_deliveries(
-        &self,
-        now_ms: i64,
-        lease_until_ms: i64,
-        limit: usize,
-        per_endpoint: usize,
-        in_flight: &[(i64, usize)],
-    ) -> StoreResult<Vec<ClaimedDelivery>> {
-        self.record_and_claim(&[], now_ms, lease_until_ms, limit, per_endpoint, in_flight)
-            .await
     }
 
     async fn next_claimable_at(&self, now_ms: i64, busy: &[i64]) -> StoreResult<Option<i64>> {

@@ -477,18 +477,6 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn claim_due_deliveries(
-        &self,
-        now_ms: i64,
-        lease_until_ms: i64,
-        limit: usize,
-        per_endpoint: usize,
-        in_flight: &[(i64, usize)],
-    ) -> StoreResult<Vec<ClaimedDelivery>> {
-        self.record_and_claim(&[], now_ms, lease_until_ms, limit, per_endpoint, in_flight)
-            .await
-    }
-
     async fn record_attempts(&self, records: &[AttemptRecord]) -> StoreResult<()> {
         if records.is_empty() {
             return Ok(());

@@ -13,8 +13,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::oneshot;
 
 use super::{
-    delivery_outcome, exploit_dedup_key, gone_reason, health_deltas, saturated, AttemptRecord,
-    AttemptResult, ClaimPicker, ClaimedDelivery, IngestOutcome, StoreError, StoreResult,
+    delivery_outcome, exploit_dedup_key, gone_reason, health_deltas, AttemptRecord, AttemptResult,
+    ClaimPicker, ClaimedDelivery, IngestOutcome, StoreError, StoreResult,
 };
 use crate::domain::exploit::{Exploit, NewExploit};
 use crate::domain::filter::Filters;
@@ -267,9 +267,6 @@ fn claim_past_head(
          WHERE next_attempt_at <= ?2 AND (locked_until IS NULL OR locked_until <= ?2) \
          ORDER BY next_attempt_at, id",
     )?;
-    let full: std::collections::HashSet<i64> = saturated(&c.in_flight, c.per_endpoint)
-        .into_iter()
-        .collect();
     let mut after = i64::MIN;
     while !picker.is_full() {
         let Some(webhook_id) = next_endpoint
@@ -279,7 +276,7 @@ fn claim_past_head(
             break;
         };
         after = webhook_id;
-        if full.contains(&webhook_id) || !picker.has_room(webhook_id) {
+        if !picker.has_room(webhook_id) {
             continue;
         }
         let mut rows = due.query(params![webhook_id, c.now_ms, ENDPOINT_SCAN])?;
