@@ -16,6 +16,7 @@ mod exploits;
 mod helpers;
 mod isolation;
 mod matching;
+mod migrations;
 mod security;
 mod stats;
 mod tiers;

@@ -1,0 +1,209 @@
+//! Schema migrations of a SQLite file that already holds data: the real binary's
+//! `migrate` upgrades it without losing or changing a row.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use rusqlite::Connection;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::ConnectOptions as _;
+
+/// Every row of `table`, each as one line of SQL literals, in id order.
+fn dump(conn: &Connection, table: &str) -> Vec<String> {
+    let columns: Vec<String> = conn
+        .prepare(&format!(
+            "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
+        ))
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let quoted: Vec<String> = columns.iter().map(|c| format!("quote({c})")).collect();
+    let sql = format!(
+        "SELECT {} FROM {table} ORDER BY id",
+        quoted.join(" || ',' || ")
+    );
+    conn.prepare(&sql)
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// A database with only the first migration applied, as the first release left it.
+async fn first_release_database(path: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/sqlite/0001_init.sql"
+        ),
+        dir.path().join("0001_init.sql"),
+    )
+    .unwrap();
+    let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    let mut conn = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    migrator.run(&mut conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn upgrading_a_sqlite_file_keeps_every_delivery_and_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    first_release_database(&path).await;
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON;
+             INSERT INTO users (name, tier, created_at) VALUES ('fund', 'enterprise', 1);
+             INSERT INTO webhooks (user_id, name, url, is_active, secret, created_at, updated_at)
+               VALUES (1, 'a', 'https://a.example/hook', 1, 'sealed', 1, 1),
+                      (1, 'b', 'https://b.example/hook', 1, 'sealed', 1, 1);
+             INSERT INTO exploits (dedup_key, tx_hash, chain, protocol, amount_usd, timestamp, detected_at)
+               VALUES ('ethereum' || char(10) || '0xabc', '0xabc', 'Ethereum', 'Curve', 1000000.5, 2, 3);
+             INSERT INTO deliveries (webhook_id, exploit_id, event, status, attempts, next_attempt_at,
+                 created_at, sent_at, delivered_at, last_attempt_at, status_code, latency_ms)
+               VALUES (1, 1, 'exploit.detected', 'succeeded', 1, NULL, 3, 4, 5, 5, 200, 1);
+             INSERT INTO deliveries (webhook_id, exploit_id, event, status, attempts, next_attempt_at,
+                 locked_until, created_at, last_attempt_at, status_code, latency_ms, error)
+               VALUES (2, 1, 'exploit.detected', 'pending', 2, 90, 80, 3, 7, 500, 2, 'HTTP 500');
+             INSERT INTO deliveries (webhook_id, event, payload, status, created_at, error)
+               VALUES (2, 'test', '{\"test\":true}', 'failed', 9, 'webhook inactive');
+             INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms,
+                 response_body) VALUES (1, 1, 4, 200, 1, 'ok');
+             INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms,
+                 error_kind, error) VALUES (2, 1, 4, 500, 1, 'http_status', 'HTTP 500'),
+                                           (2, 2, 6, 500, 1, 'http_status', 'HTTP 500');",
+        )
+        .unwrap();
+    }
+    let before = {
+        let conn = Connection::open(&path).unwrap();
+        (dump(&conn, "deliveries"), dump(&conn, "delivery_attempts"))
+    };
+    assert_eq!((before.0.len(), before.1.len()), (3, 3));
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kamiyo-webhooks"))
+        .arg("migrate")
+        .env(
+            "KAMIYO_DATABASE_URL",
+            format!("sqlite://{}", path.display()),
+        )
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "migrate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+    assert_eq!(dump(&conn, "deliveries"), before.0);
+    assert_eq!(dump(&conn, "delivery_attempts"), before.1);
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    let dangling: i64 = conn
+        .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(dangling, 0);
+    let parent: String = conn
+        .query_row(
+            "SELECT \"table\" FROM pragma_foreign_key_list('delivery_attempts')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(parent, "deliveries");
+    let indexes: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' \
+             AND tbl_name IN ('deliveries', 'delivery_attempts') AND sql IS NOT NULL ORDER BY name",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "deliveries_by_webhook",
+            "deliveries_by_webhook_status",
+            "deliveries_due",
+            "deliveries_finished",
+            "delivery_attempts_by_delivery"
+        ]
+    );
+
+    // What the rebuild is for: writing a delivery or an attempt builds no temporary
+    // table and leaves `sqlite_sequence` alone.
+    for sql in [
+        "INSERT INTO deliveries (webhook_id, exploit_id, event, status, next_attempt_at, created_at) \
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+        "UPDATE deliveries SET status = CASE WHEN status = 'pending' THEN ?2 ELSE status END WHERE id = ?1",
+        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, latency_ms) VALUES (?1, ?2, ?3, ?4)",
+    ] {
+        // (opcode, p2): OpenWrite's p2 is the root page of what it opens.
+        let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+        let params = vec![1i64; explain.parameter_count()];
+        let program: Vec<(String, i64)> = explain
+            .query_map(rusqlite::params_from_iter(params), |r| Ok((r.get(1)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !program.iter().any(|(op, _)| op == "OpenEphemeral"),
+            "{sql} builds a temporary table"
+        );
+        let sequence_root: i64 = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_sequence'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            !program
+                .iter()
+                .any(|(op, p2)| op == "OpenWrite" && *p2 == sequence_root),
+            "{sql} writes sqlite_sequence"
+        );
+    }
+
+    // The constraints still hold, and new ids go on after the old ones.
+    let bad = conn.execute(
+        "INSERT INTO deliveries (webhook_id, event, status, created_at) VALUES (1, 'e', 'sent', 1)",
+        [],
+    );
+    assert!(
+        bad.unwrap_err().to_string().contains("CHECK"),
+        "an unknown status is refused"
+    );
+    let orphan = conn.execute(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, latency_ms) VALUES (99, 1, 1, 1)",
+        [],
+    );
+    assert!(orphan.unwrap_err().to_string().contains("FOREIGN KEY"));
+    conn.execute(
+        "INSERT INTO deliveries (webhook_id, event, status, created_at) VALUES (1, 'e', 'pending', 1)",
+        [],
+    )
+    .unwrap();
+    assert_eq!(conn.last_insert_rowid(), 4);
+}
