@@ -622,7 +622,7 @@ pub async fn test_webhook(
         url: webhook.url,
         secret: webhook.secret,
         event: EVENT_WEBHOOK_TEST.to_string(),
-        body,
+        body: body.into(),
         attempt: 1,
         round_attempt: 1,
     };

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use thiserror::Error;
@@ -45,7 +46,7 @@ pub struct Outgoing<'a> {
     pub secret: &'a str,
     pub event: &'a str,
     pub delivery_id: i64,
-    pub body: &'a str,
+    pub body: &'a Bytes,
 }
 
 /// What happened to one request.
@@ -73,7 +74,20 @@ pub struct Sender {
     client: reqwest::Client,
     timeout: Duration,
     policy: NetworkPolicy,
+    /// Webhook URLs as parsed, with the guard's verdict on a literal address: parsing
+    /// (IDNA included) cost more per attempt than signing the body.
+    targets: Mutex<HashMap<String, Arc<Target>>>,
 }
+
+/// A webhook URL once parsed.
+struct Target {
+    url: Option<url::Url>,
+    /// Why the guard refuses the URL's literal IP address, if it does.
+    blocked: Option<String>,
+}
+
+/// Parsed URLs kept at most; past that the cache starts again (URLs are re-parsed).
+const TARGET_CACHE: usize = 65_536;
 
 /// A name resolved only to addresses the guard allows; the connection then goes to one
 /// of exactly those addresses, so DNS rebinding between check and connect cannot work.
@@ -127,6 +141,9 @@ impl Sender {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .redirect(reqwest::redirect::Policy::none())
+            // Our own schedule retries; reqwest's (for protocol NACKs) would also copy
+            // every request's headers in case it had to.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .timeout(config.delivery_timeout)
             .connect_timeout(config.delivery_timeout)
             // Many webhooks may share a host: keep as many connections as can be in use.
@@ -165,22 +182,34 @@ impl Sender {
             client: builder.build()?,
             timeout: config.delivery_timeout,
             policy,
+            targets: Mutex::new(HashMap::new()),
         })
     }
 
-    fn literal_blocked(&self, raw: &str) -> Option<String> {
-        let url = url::Url::parse(raw).ok()?;
-        let ip = match url.host()? {
-            url::Host::Ipv4(v4) => IpAddr::V4(v4),
-            url::Host::Ipv6(v6) => IpAddr::V6(v6),
-            url::Host::Domain(_) => return None,
-        };
-        self.policy.check(ip).err()
+    fn target(&self, raw: &str) -> Arc<Target> {
+        let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = targets.get(raw) {
+            return t.clone();
+        }
+        let url = url::Url::parse(raw).ok();
+        // IP literals never reach the resolver: the guard judges them here.
+        let ip = url.as_ref().and_then(|u| match u.host()? {
+            url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+            url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+            url::Host::Domain(_) => None,
+        });
+        let blocked = ip.and_then(|ip| self.policy.check(ip).err());
+        let target = Arc::new(Target { url, blocked });
+        if targets.len() >= TARGET_CACHE {
+            targets.clear();
+        }
+        targets.insert(raw.to_string(), target.clone());
+        target
     }
 
     fn headers(out: &Outgoing<'_>, timestamp: i64) -> HeaderMap {
         let id = out.delivery_id.to_string();
-        let body = out.body.as_bytes();
+        let body: &[u8] = out.body;
         let mut h = HeaderMap::with_capacity(8);
         let value = |s: &str| HeaderValue::from_str(s).expect("header-safe ASCII");
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -204,22 +233,26 @@ impl Sender {
     /// Sends one signed request; never fails, every problem is in the outcome.
     pub async fn send(&self, out: &Outgoing<'_>) -> SendOutcome {
         let started = Instant::now();
-        // IP literals never reach the resolver: judge them here.
-        if let Some(why) = self.literal_blocked(out.url) {
+        let target = self.target(out.url);
+        if let Some(why) = &target.blocked {
             return SendOutcome {
                 status_code: None,
                 latency_ms: 0,
                 error_kind: Some("blocked_address"),
-                error: Some(why),
+                error: Some(why.clone()),
                 response_body: None,
             };
         }
         let timestamp = chrono::Utc::now().timestamp();
-        let request = self
-            .client
-            .post(out.url)
+        // An unparsable URL (none is stored: URLs are checked at create) is left to
+        // reqwest, which reports it as a request error.
+        let request = match &target.url {
+            Some(url) => self.client.post(url.clone()),
+            None => self.client.post(out.url),
+        };
+        let request = request
             .headers(Self::headers(out, timestamp))
-            .body(out.body.to_string());
+            .body(out.body.clone());
         // The client timeout covers the request; this one also covers reading the answer.
         let result = tokio::time::timeout(self.timeout, async {
             let mut response = request.send().await?;

@@ -117,6 +117,13 @@ impl Dispatcher {
         let permits = Arc::new(Semaphore::new(self.config.max_in_flight));
         let (record_tx, mut record_rx) = mpsc::channel(self.config.max_in_flight);
         let in_flight = Arc::new(InFlight::default());
+        // What every attempt task needs, shared: one reference count per task.
+        let job = Arc::new(Job {
+            sender: self.sender.clone(),
+            schedule: self.config.retry_schedule.clone(),
+            records: record_tx,
+            in_flight: in_flight.clone(),
+        });
         let cap = self.config.max_in_flight_per_endpoint;
         let mut tasks = JoinSet::new();
         // Outcomes not yet on disk, and the permits they still hold.
@@ -226,13 +233,7 @@ impl Dispatcher {
                     }
                 };
                 in_flight.add(d.webhook_id);
-                let job = Job {
-                    sender: self.sender.clone(),
-                    schedule: self.config.retry_schedule.clone(),
-                    records: record_tx.clone(),
-                    in_flight: in_flight.clone(),
-                };
-                tasks.spawn(job.attempt(d, permit));
+                tasks.spawn(job.clone().attempt(d, permit));
             }
             if !excess.is_empty() {
                 if let Err(e) = self.store.release_claims(&excess).await {
@@ -307,14 +308,14 @@ struct Job {
 }
 
 impl Job {
-    async fn attempt(self, d: ClaimedDelivery, permit: OwnedSemaphorePermit) {
+    async fn attempt(self: Arc<Self>, d: ClaimedDelivery, permit: OwnedSemaphorePermit) {
+        // The answer's code and latency go on the outcome's event, not the span: each
+        // field recorded on a span is formatted at once, logged or not.
         let span = tracing::info_span!(
             "delivery_attempt",
             webhook_id = d.webhook_id,
             delivery_id = d.id,
             attempt = d.attempt,
-            status_code = tracing::field::Empty,
-            latency_ms = tracing::field::Empty,
         );
         let record = async {
             let started_at_ms = now_ms();
@@ -328,11 +329,6 @@ impl Job {
                     body: &d.body,
                 })
                 .await;
-            let span = tracing::Span::current();
-            if let Some(code) = outcome.status_code {
-                span.record("status_code", code);
-            }
-            span.record("latency_ms", outcome.latency_ms);
             let result = decide(&self.schedule, d.round_attempt, verdict(&outcome), now_ms());
             log_outcome(&outcome, result);
             attempt_record(&d, started_at_ms, outcome, result)
@@ -366,14 +362,22 @@ fn log_outcome(outcome: &SendOutcome, result: AttemptResult) {
     metrics::counter!(m::ATTEMPTS_TOTAL, "outcome" => label).increment(1);
     metrics::histogram!(m::LATENCY_SECONDS).record(outcome.latency_ms as f64 / 1000.0);
     match result {
-        AttemptResult::Succeeded => tracing::debug!("delivered"),
+        AttemptResult::Succeeded => tracing::debug!(
+            status_code = outcome.status_code,
+            latency_ms = outcome.latency_ms,
+            "delivered"
+        ),
         AttemptResult::RetryAt(at) => tracing::info!(
+            status_code = outcome.status_code,
+            latency_ms = outcome.latency_ms,
             error_kind = outcome.error_kind,
             error = outcome.error.as_deref(),
             retry_in_ms = at - now_ms(),
             "attempt failed; will retry"
         ),
         AttemptResult::Failed => tracing::warn!(
+            status_code = outcome.status_code,
+            latency_ms = outcome.latency_ms,
             error_kind = outcome.error_kind,
             error = outcome.error.as_deref(),
             "attempt failed; no attempts left"

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
@@ -351,7 +352,7 @@ fn claim_due(
     )?;
     // A turn often holds one exploit for many webhooks and several deliveries for one
     // webhook: each body is built once, each webhook read and its secret opened once.
-    let mut bodies: HashMap<(i64, String), String> = HashMap::new();
+    let mut bodies: HashMap<(i64, String), Bytes> = HashMap::new();
     let mut targets: HashMap<i64, Target> = HashMap::new();
     let mut out = Vec::with_capacity(claimed.len());
     for id in claimed {
@@ -389,7 +390,7 @@ fn claim_due(
             continue;
         }
         let body = match (payload, exploit_id) {
-            (Some(p), _) => p,
+            (Some(p), _) => Bytes::from(p),
             (None, Some(eid)) => match bodies.entry((eid, event.clone())) {
                 Entry::Occupied(b) => b.get().clone(),
                 Entry::Vacant(slot) => {
@@ -408,7 +409,7 @@ fn claim_due(
                             detected_at_ms: row.get(10)?,
                         })
                     })?;
-                    slot.insert(encode_event(&event, &e)).clone()
+                    slot.insert(Bytes::from(encode_event(&event, &e))).clone()
                 }
             },
             (None, None) => {

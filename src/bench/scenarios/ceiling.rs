@@ -113,6 +113,8 @@ async fn round(
         .use_rustls_tls()
         .http1_only()
         .tcp_nodelay(true)
+        // As the service's client: no request kept for a retry.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         // Keep every connection: the ceiling is what keep-alive allows.
         .pool_max_idle_per_host(concurrency);
     if let Some(pki) = &pki {
