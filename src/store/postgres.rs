@@ -261,6 +261,17 @@ impl PgStore {
         let statuses: Vec<&str> = outcomes.iter().map(|o| o.0).collect();
         let next_at: Vec<Option<i64>> = outcomes.iter().map(|o| o.1).collect();
         let delivered: Vec<Option<i64>> = outcomes.iter().map(|o| o.2).collect();
+        // Ordered by id, so concurrent recorders lock webhook rows in the same order.
+        let mut deltas = health_deltas(records);
+        deltas.sort_by_key(|d| d.webhook_id);
+        let w_ids: Vec<i64> = deltas.iter().map(|d| d.webhook_id).collect();
+        // The webhooks first, then their deliveries: the order in which changing a webhook
+        // (deactivate, delete) takes them. In the other order the two could deadlock, and
+        // PostgreSQL would abort one of them, perhaps the user's request.
+        sqlx::query("SELECT id FROM webhooks WHERE id = ANY ($1::bigint[]) ORDER BY id FOR UPDATE")
+            .bind(&w_ids)
+            .execute(&mut **tx)
+            .await?;
 
         sqlx::query(
             "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
@@ -302,11 +313,6 @@ impl PgStore {
         .bind(&delivered)
         .execute(&mut **tx)
         .await?;
-        let deltas = health_deltas(records);
-        // Ordered by id, so concurrent recorders lock webhook rows in the same order.
-        let mut deltas = deltas;
-        deltas.sort_by_key(|d| d.webhook_id);
-        let w_ids: Vec<i64> = deltas.iter().map(|d| d.webhook_id).collect();
         let resets: Vec<bool> = deltas.iter().map(|d| d.reset).collect();
         let failures: Vec<i64> = deltas.iter().map(|d| d.failures).collect();
         let ok_at: Vec<Option<i64>> = deltas.iter().map(|d| d.last_success_at).collect();

@@ -282,6 +282,39 @@ async fn a_deactivated_webhook_gets_no_further_attempts() {
         .await;
 }
 
+/// Deactivating locks the webhook, then stops its queued deliveries; recording outcomes
+/// locks deliveries and the webhook's health figures. Taken in opposite orders the two
+/// can deadlock, and PostgreSQL then aborts one: the user's PATCH would fail with a 500.
+async fn deactivating_while_outcomes_are_recorded_always_succeeds() {
+    let receiver = TestReceiver::start().await;
+    let app = spawn_app(&receiver, |cfg| cfg.retry_schedule = vec![ms(1); 200]).await;
+    receiver.set("/busy", Behaviour::always(Reply::status(500)));
+    for round in 0..40 {
+        let hook = app.hook_to(&receiver.url("/busy")).await;
+        let batch: Vec<Value> = (0..8).map(|_| exploit()).collect();
+        app.ingest(Value::Array(batch)).await;
+        let seen = receiver.count("/busy");
+        eventually(
+            Duration::from_secs(10),
+            "attempts failing and being recorded",
+            || {
+                let receiver = &receiver;
+                async move { receiver.count("/busy") >= seen + 16 }
+            },
+        )
+        .await;
+        let resp = app
+            .user(&hook.key, Method::PATCH, &hook.path())
+            .json(&json!({"is_active": false}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "round {round}: {text}");
+    }
+}
+
 async fn a_redirect_is_a_failed_attempt_and_is_not_followed() {
     let receiver = TestReceiver::start().await;
     let app = spawn_app(&receiver, |cfg| cfg.retry_schedule = vec![]).await;
@@ -507,6 +540,7 @@ crate::backend_tests!(
     after_a_secret_rotation_queued_retries_are_signed_with_the_new_secret_only,
     a_deleted_webhook_gets_no_further_attempts,
     a_deactivated_webhook_gets_no_further_attempts,
+    deactivating_while_outcomes_are_recorded_always_succeeds,
     a_redirect_is_a_failed_attempt_and_is_not_followed,
     an_answer_slower_than_the_delivery_timeout_is_a_timeout_without_a_status_code,
     a_one_megabyte_answer_is_a_success_and_only_its_first_kibibyte_is_kept,
