@@ -265,13 +265,36 @@ impl PgStore {
         let mut deltas = health_deltas(records);
         deltas.sort_by_key(|d| d.webhook_id);
         let w_ids: Vec<i64> = deltas.iter().map(|d| d.webhook_id).collect();
-        // The webhooks first, then their deliveries: the order in which changing a webhook
-        // (deactivate, delete) takes them. In the other order the two could deadlock, and
-        // PostgreSQL would abort one of them, perhaps the user's request.
-        sqlx::query("SELECT id FROM webhooks WHERE id = ANY ($1::bigint[]) ORDER BY id FOR UPDATE")
-            .bind(&w_ids)
-            .execute(&mut **tx)
-            .await?;
+        let resets: Vec<bool> = deltas.iter().map(|d| d.reset).collect();
+        let failures: Vec<i64> = deltas.iter().map(|d| d.failures).collect();
+        let ok_at: Vec<Option<i64>> = deltas.iter().map(|d| d.last_success_at).collect();
+        let fail_at: Vec<Option<i64>> = deltas.iter().map(|d| d.last_failure_at).collect();
+        let last_errors: Vec<Option<&str>> =
+            deltas.iter().map(|d| d.last_error.as_deref()).collect();
+        // The webhooks first (health figures), then their deliveries: the order in which
+        // changing a webhook (deactivate, delete) takes them. In the other order the two
+        // could deadlock, and PostgreSQL would abort one of them, perhaps the user's
+        // request. The CTE locks the rows in id order before the update touches them.
+        sqlx::query(
+            "WITH locked AS MATERIALIZED (SELECT id FROM webhooks WHERE id = ANY ($1::bigint[]) \
+               ORDER BY id FOR UPDATE) \
+             UPDATE webhooks w SET \
+             consecutive_failures = CASE WHEN v.reset THEN v.failures ELSE w.consecutive_failures + v.failures END, \
+             last_success_at = COALESCE(v.ok_at, w.last_success_at), \
+             last_failure_at = COALESCE(v.fail_at, w.last_failure_at), \
+             last_error = COALESCE(v.err, w.last_error) \
+             FROM UNNEST($1::bigint[], $2::bool[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[]) \
+               AS v (id, reset, failures, ok_at, fail_at, err), locked \
+             WHERE w.id = v.id AND locked.id = v.id",
+        )
+        .bind(&w_ids)
+        .bind(&resets)
+        .bind(&failures)
+        .bind(&ok_at)
+        .bind(&fail_at)
+        .bind(&last_errors)
+        .execute(&mut **tx)
+        .await?;
 
         sqlx::query(
             "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
@@ -311,30 +334,6 @@ impl PgStore {
         .bind(&statuses)
         .bind(&next_at)
         .bind(&delivered)
-        .execute(&mut **tx)
-        .await?;
-        let resets: Vec<bool> = deltas.iter().map(|d| d.reset).collect();
-        let failures: Vec<i64> = deltas.iter().map(|d| d.failures).collect();
-        let ok_at: Vec<Option<i64>> = deltas.iter().map(|d| d.last_success_at).collect();
-        let fail_at: Vec<Option<i64>> = deltas.iter().map(|d| d.last_failure_at).collect();
-        let last_errors: Vec<Option<&str>> =
-            deltas.iter().map(|d| d.last_error.as_deref()).collect();
-        sqlx::query(
-            "UPDATE webhooks w SET \
-             consecutive_failures = CASE WHEN v.reset THEN v.failures ELSE w.consecutive_failures + v.failures END, \
-             last_success_at = COALESCE(v.ok_at, w.last_success_at), \
-             last_failure_at = COALESCE(v.fail_at, w.last_failure_at), \
-             last_error = COALESCE(v.err, w.last_error) \
-             FROM UNNEST($1::bigint[], $2::bool[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[]) \
-               AS v (id, reset, failures, ok_at, fail_at, err) \
-             WHERE w.id = v.id",
-        )
-        .bind(&w_ids)
-        .bind(&resets)
-        .bind(&failures)
-        .bind(&ok_at)
-        .bind(&fail_at)
-        .bind(&last_errors)
         .execute(&mut **tx)
         .await?;
         for r in records.iter().filter(|r| r.result == AttemptResult::Gone) {
