@@ -207,12 +207,15 @@ impl PgStore {
             let event: String = row.try_get("event")?;
             let attempts: i64 = row.try_get("attempts")?;
             let base: i64 = row.try_get("schedule_base")?;
+            // Bodies built from an exploit are shared; a stored payload is the row's own.
             let shared = match row.try_get::<Option<String>, _>("payload")? {
                 Some(_) => None,
-                None => row.try_get::<Option<i64>, _>("e_id")?,
+                None => row
+                    .try_get::<Option<i64>, _>("e_id")?
+                    .map(|eid| (eid, event.clone())),
             };
             let body = match shared {
-                Some(eid) => match bodies.entry((eid, event.clone())) {
+                Some(key) => match bodies.entry(key) {
                     Entry::Occupied(b) => b.get().clone(),
                     Entry::Vacant(slot) => slot
                         .insert(bytes::Bytes::from(body_from_row(row, &event)?))
