@@ -93,6 +93,7 @@ impl Application {
             if state.store.single_process() {
                 // Only this process uses the database: claims left in it are a dead
                 // process's, and waiting out their lease would only delay delivery.
+                state.store.take_workers()?;
                 state.store.release_all_claims().await?;
             }
             state.store.subscribe_wakeups(state.wake.clone()).await?;

@@ -39,6 +39,14 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the database writer thread has stopped")]
     WriterStopped,
+    #[error(
+        "another process already runs delivery workers on this SQLite database (it holds \
+         {0}); one process delivers from a SQLite file: stop the other, start this one \
+         with --role api, or use PostgreSQL for several workers"
+    )]
+    WorkersElsewhere(String),
+    #[error("could not lock {0}: {1}")]
+    WorkerLock(String, std::io::Error),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -193,6 +201,11 @@ pub trait Store: Send + Sync + 'static {
     /// True when only one process may use this database, so every claim found at start
     /// belongs to a process that is gone.
     fn single_process(&self) -> bool;
+    /// Makes this process the one that runs delivery workers on a `single_process`
+    /// database, for as long as the store lives; an error if another process is.
+    fn take_workers(&self) -> StoreResult<()> {
+        Ok(())
+    }
     /// Wakes `wake` whenever another process queues deliveries (no-op where not supported:
     /// workers then rely on their fallback poll).
     async fn subscribe_wakeups(&self, _wake: Arc<tokio::sync::Notify>) -> StoreResult<()> {

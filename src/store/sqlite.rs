@@ -31,6 +31,10 @@ pub struct SqliteStore {
     hot: HotPath,
     /// The checkpoint task runs while this lives.
     _alive: Arc<()>,
+    /// The database file, for the workers' lock file beside it (none in memory).
+    path: Option<std::path::PathBuf>,
+    /// Held while this process runs the delivery workers: claims are in its memory only.
+    workers: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,12 +73,15 @@ impl SqliteStore {
             .await?;
         // Opened after the pools: by then the file exists and is in WAL mode.
         let hot = HotPath::open(options.get_filename(), secrets.clone())?;
+        let path = options.get_filename();
         Ok(SqliteStore {
             read,
             write,
             secrets,
             hot,
             _alive: alive,
+            path: (path != std::path::Path::new(":memory:")).then(|| path.to_path_buf()),
+            workers: Default::default(),
         })
     }
 
@@ -141,6 +148,35 @@ impl Store for SqliteStore {
 
     fn single_process(&self) -> bool {
         true
+    }
+
+    fn take_workers(&self) -> StoreResult<()> {
+        let Some(db) = &self.path else {
+            return Ok(());
+        };
+        let mut held = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_some() {
+            return Ok(());
+        }
+        let mut name = db.as_os_str().to_owned();
+        name.push("-workers.lock");
+        let path = std::path::PathBuf::from(name);
+        let shown = path.display().to_string();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::WorkerLock(shown.clone(), e))?;
+        // An advisory lock the kernel drops when the process ends, SIGKILL included.
+        match file.try_lock() {
+            Ok(()) => {
+                *held = Some(file);
+                Ok(())
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::WorkersElsewhere(shown)),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::WorkerLock(shown, e)),
+        }
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -504,37 +540,15 @@ impl Store for SqliteStore {
     }
 
     async fn next_claimable_at(&self, now_ms: i64, busy: &[i64]) -> StoreResult<Option<i64>> {
-        // In index order, and only the head of it: behind a deep queue of a busy
-        // endpoint the scan would otherwise read that whole queue on every idle turn (a
-        // later row is found by the fallback poll, or at once by the claim a new delivery
-        // wakes). Claims of a crashed process are not looked for here either: the poll
-        // finds them once their lease ends.
-        Ok(sqlx::query_scalar(
-            "SELECT next_attempt_at FROM ( \
-               SELECT next_attempt_at, webhook_id FROM deliveries \
-               WHERE status = 'pending' AND (locked_until IS NULL OR locked_until <= ?1) \
-               ORDER BY next_attempt_at LIMIT 1024) \
-             WHERE webhook_id NOT IN (SELECT value FROM json_each(?2)) \
-             ORDER BY next_attempt_at LIMIT 1",
-        )
-        .bind(now_ms)
-        .bind(json_ids(busy))
-        .fetch_optional(&self.read)
-        .await?)
+        // Claims are the writer's, in memory: only it knows which due rows are taken.
+        self.hot.next_claimable_at(now_ms, busy).await
     }
 
     async fn release_claims(&self, delivery_ids: &[i64]) -> StoreResult<()> {
         if delivery_ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "UPDATE deliveries SET locked_until = NULL \
-             WHERE status = 'pending' AND id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(json_ids(delivery_ids))
-        .execute(&self.write)
-        .await?;
-        Ok(())
+        self.hot.release(delivery_ids)
     }
 
     async fn release_all_claims(&self) -> StoreResult<()> {

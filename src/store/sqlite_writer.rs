@@ -2,6 +2,13 @@
 //! ingest and each dispatcher turn (outcomes, then a claim) as one synchronous
 //! transaction with cached statements. Through sqlx every statement was a round trip to
 //! its worker thread, and those hops, not SQLite, set the pace of delivery.
+//!
+//! Claims live here, in memory, not in `deliveries.locked_until`: one process owns a
+//! SQLite database's workers (a lock file makes sure of it), so a claim only has to keep
+//! this process from taking a delivery twice, and a crash forgets them all, as the
+//! restart would anyway. Writing the lease into the row cost a row rewrite and two
+//! changes to the due index per delivery, a third of a turn's work. The column still
+//! holds the leases of test deliveries the API sends itself, and claims skip them.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -48,6 +55,59 @@ enum Command {
         exploits: Vec<NewExploit>,
         reply: oneshot::Sender<StoreResult<Vec<IngestOutcome>>>,
     },
+    Release {
+        ids: Vec<i64>,
+    },
+    NextClaimable {
+        now_ms: i64,
+        busy: Vec<i64>,
+        reply: oneshot::Sender<StoreResult<Option<i64>>>,
+    },
+}
+
+/// Deliveries claimed by this process and not yet recorded, with their lease's end: a
+/// delivery whose attempt never reports back (its task panicked) is claimable again once
+/// the lease runs out, as a claim in the row would be.
+#[derive(Default)]
+struct Claims {
+    leases: HashMap<i64, i64>,
+    /// Turns since expired leases were last swept out.
+    turns: u32,
+}
+
+/// Turns between sweeps of expired leases (there are none unless a task panicked).
+const SWEEP_EVERY: u32 = 4096;
+
+impl Claims {
+    fn held(&self, id: i64, now_ms: i64) -> bool {
+        self.leases.get(&id).is_some_and(|&until| until > now_ms)
+    }
+
+    /// At least the claims held: how many rows of the due order a scan may pass over.
+    fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// After a turn's commit: the recorded deliveries are free, the claimed ones held.
+    fn settle(
+        &mut self,
+        recorded: &[AttemptRecord],
+        claimed: &[ClaimedDelivery],
+        until: i64,
+        now_ms: i64,
+    ) {
+        for r in recorded {
+            self.leases.remove(&r.delivery_id);
+        }
+        for d in claimed {
+            self.leases.insert(d.id, until);
+        }
+        self.turns += 1;
+        if self.turns >= SWEEP_EVERY {
+            self.turns = 0;
+            self.leases.retain(|_, until| *until > now_ms);
+        }
+    }
 }
 
 /// The handle; the thread ends (and closes its connection) when this is dropped.
@@ -104,6 +164,27 @@ impl HotPath {
         answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
+    /// Gives claims back without an attempt.
+    pub(super) fn release(&self, ids: &[i64]) -> StoreResult<()> {
+        self.send(Command::Release { ids: ids.to_vec() })
+    }
+
+    /// When the earliest pending delivery outside `busy` and outside this process's
+    /// claims becomes claimable.
+    pub(super) async fn next_claimable_at(
+        &self,
+        now_ms: i64,
+        busy: &[i64],
+    ) -> StoreResult<Option<i64>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::NextClaimable {
+            now_ms,
+            busy: busy.to_vec(),
+            reply,
+        })?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
     fn send(&self, command: Command) -> StoreResult<()> {
         self.commands
             .send(command)
@@ -120,6 +201,7 @@ fn busy(tries: i32) -> bool {
 }
 
 fn serve(mut conn: Connection, commands: mpsc::Receiver<Command>, secrets: SecretCodec) {
+    let mut claims = Claims::default();
     while let Ok(command) = commands.recv() {
         match command {
             Command::Turn {
@@ -127,18 +209,67 @@ fn serve(mut conn: Connection, commands: mpsc::Receiver<Command>, secrets: Secre
                 claim,
                 reply,
             } => {
-                let _ = reply.send(turn(&mut conn, &secrets, &records, claim.as_ref()));
+                let done = turn(&mut conn, &secrets, &claims, &records, claim.as_ref());
+                if let (Ok(claimed), now_ms, until) = (
+                    &done,
+                    claim.as_ref().map_or_else(now_ms, |c| c.now_ms),
+                    claim.as_ref().map_or(0, |c| c.lease_until_ms),
+                ) {
+                    claims.settle(&records, claimed, until, now_ms);
+                }
+                let _ = reply.send(done);
             }
             Command::Ingest { exploits, reply } => {
                 let _ = reply.send(ingest(&mut conn, &exploits));
+            }
+            Command::Release { ids } => {
+                for id in ids {
+                    claims.leases.remove(&id);
+                }
+            }
+            Command::NextClaimable {
+                now_ms,
+                busy,
+                reply,
+            } => {
+                let _ = reply.send(next_claimable_at(&conn, &claims, now_ms, &busy));
             }
         }
     }
 }
 
+/// Rows of the due order read to find the next claimable one: only the head of it, as
+/// behind a deep queue of a busy endpoint the scan would otherwise read that whole queue
+/// on every idle turn (a later row is found by the fallback poll, or at once by the
+/// claim a new delivery wakes).
+const NEXT_DUE_SCAN: usize = 1024;
+
+fn next_claimable_at(
+    conn: &Connection,
+    claims: &Claims,
+    now_ms: i64,
+    busy: &[i64],
+) -> StoreResult<Option<i64>> {
+    let mut due = conn.prepare_cached(
+        "SELECT id, webhook_id, next_attempt_at FROM deliveries \
+         WHERE status = 'pending' AND (locked_until IS NULL OR locked_until <= ?1) \
+         ORDER BY next_attempt_at LIMIT ?2",
+    )?;
+    let bound = NEXT_DUE_SCAN + claims.len();
+    let mut rows = due.query(params![now_ms, bound as i64])?;
+    while let Some(row) = rows.next()? {
+        let (id, webhook_id): (i64, i64) = (row.get(0)?, row.get(1)?);
+        if !claims.held(id, now_ms) && !busy.contains(&webhook_id) {
+            return Ok(Some(row.get(2)?));
+        }
+    }
+    Ok(None)
+}
+
 fn turn(
     conn: &mut Connection,
     secrets: &SecretCodec,
+    claims: &Claims,
     records: &[AttemptRecord],
     claim: Option<&Claim>,
 ) -> StoreResult<Vec<ClaimedDelivery>> {
@@ -147,12 +278,12 @@ fn turn(
         record(&tx, records)?;
     }
     let claimed = match claim {
-        Some(c) if records.is_empty() => claim_due(&tx, secrets, c)?,
+        Some(c) if records.is_empty() => claim_due(&tx, secrets, claims, c)?,
         Some(c) => {
             // The outcomes must be written whatever happens to the claim (a secret that
             // no longer opens after a key rotation, say): the claim gets a savepoint.
             tx.execute_batch("SAVEPOINT claim")?;
-            match claim_due(&tx, secrets, c) {
+            match claim_due(&tx, secrets, claims, c) {
                 Ok(claimed) => {
                     tx.execute_batch("RELEASE claim")?;
                     claimed
@@ -255,6 +386,7 @@ const ENDPOINT_SCAN: i64 = 256;
 /// with room its earliest due deliveries, until the claim is full.
 fn claim_past_head(
     tx: &rusqlite::Transaction<'_>,
+    claims: &Claims,
     picker: &mut ClaimPicker,
     c: &Claim,
 ) -> StoreResult<()> {
@@ -282,7 +414,11 @@ fn claim_past_head(
         }
         let mut rows = due.query(params![webhook_id, c.now_ms, ENDPOINT_SCAN])?;
         while let Some(row) = rows.next()? {
-            if !picker.offer(row.get(0)?, webhook_id) || !picker.has_room(webhook_id) {
+            let id = row.get(0)?;
+            if claims.held(id, c.now_ms) {
+                continue;
+            }
+            if !picker.offer(id, webhook_id) || !picker.has_room(webhook_id) {
                 break;
             }
         }
@@ -300,6 +436,7 @@ struct Target {
 fn claim_due(
     tx: &rusqlite::Transaction<'_>,
     secrets: &SecretCodec,
+    claims: &Claims,
     c: &Claim,
 ) -> StoreResult<Vec<ClaimedDelivery>> {
     if c.limit == 0 {
@@ -307,9 +444,10 @@ fn claim_due(
     }
     // The head of the due order, from the index alone, stopping as soon as the claim is
     // full. The scan is bounded: behind a deep queue of an endpoint without room (down,
-    // or slow) it would otherwise read the whole queue on every turn.
+    // or slow) it would otherwise read the whole queue on every turn. The deliveries in
+    // flight are at the head too, passed over, so they get room of their own.
     let mut picker = ClaimPicker::new(&c.in_flight, c.per_endpoint, c.limit);
-    let bound = (c.limit * 8).max(HEAD_SCAN_MIN);
+    let bound = (c.limit * 8).max(HEAD_SCAN_MIN) + claims.len();
     let mut scanned = 0;
     {
         let mut due = tx.prepare_cached(
@@ -321,7 +459,11 @@ fn claim_due(
         let mut rows = due.query(params![c.now_ms, bound as i64])?;
         while let Some(row) = rows.next()? {
             scanned += 1;
-            if !picker.offer(row.get(0)?, row.get(1)?) {
+            let id = row.get(0)?;
+            if claims.held(id, c.now_ms) {
+                continue;
+            }
+            if !picker.offer(id, row.get(1)?) {
                 break;
             }
         }
@@ -329,15 +471,15 @@ fn claim_due(
     if !picker.is_full() && scanned == bound {
         // The head is all endpoints without room: the others' due deliveries are found
         // endpoint by endpoint, so one deep queue cannot hide them.
-        claim_past_head(tx, &mut picker, c)?;
+        claim_past_head(tx, claims, &mut picker, c)?;
     }
     let claimed = picker.picked();
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
-    let mut lock = tx.prepare_cached(
-        "UPDATE deliveries SET locked_until = ?2 WHERE id = ?1 \
-         RETURNING webhook_id, event, payload, exploit_id, attempts, schedule_base",
+    let mut read = tx.prepare_cached(
+        "SELECT webhook_id, event, payload, exploit_id, attempts, schedule_base \
+         FROM deliveries WHERE id = ?1",
     )?;
     let mut webhook = tx.prepare_cached(
         "SELECT url, secret, is_active = 1 AND deleted_at IS NULL FROM webhooks WHERE id = ?1",
@@ -357,7 +499,7 @@ fn claim_due(
     let mut out = Vec::with_capacity(claimed.len());
     for id in claimed {
         let (webhook_id, event, payload, exploit_id, attempts, schedule_base) =
-            lock.query_row(params![id, c.lease_until_ms], |row| {
+            read.query_row(params![id], |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
                     row.get::<_, String>(1)?,

@@ -387,6 +387,78 @@ async fn sigterm_lets_the_attempt_in_flight_finish_starts_nothing_new_and_exits_
     }
 }
 
+/// Claims on SQLite live in the serving process's memory: a second process delivering
+/// from the same file would send what the first has in flight, so it is refused, with
+/// the reason. An API-only process beside it is fine, and after a SIGKILL the lock is gone.
+#[tokio::test]
+async fn a_second_worker_process_on_one_sqlite_file_is_refused_with_the_reason() {
+    let receiver = TestReceiver::start().await;
+    let mut server = Server::start(&receiver, &[]).await;
+    let second = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kamiyo-webhooks"));
+        cmd.arg("serve")
+            .args(args)
+            .current_dir(server.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("KAMIYO_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(server.env.iter().map(|(k, v)| (k, v)))
+            .env("KAMIYO_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .spawn()
+            .expect("start a second serve")
+    };
+
+    let mut refused = second(&[]);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            refused.kill().unwrap();
+            panic!("a second worker process on the same SQLite file kept running");
+        }
+        tokio::time::sleep(ms(20)).await;
+    };
+    let output = refused.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another process already runs delivery workers")
+            && stderr.contains("-workers.lock"),
+        "the reason is named: {stderr}"
+    );
+
+    // API only: no claims, no lock; it serves beside the worker.
+    let mut api = second(&["--role", "api"]);
+    tokio::time::sleep(ms(1500)).await;
+    assert!(
+        api.try_wait().unwrap().is_none(),
+        "an API-only process runs beside"
+    );
+    api.kill().unwrap();
+    api.wait().unwrap();
+
+    // The first still delivers; after its SIGKILL a new one takes over.
+    let key = server.create_user().await;
+    let hook = server
+        .create_hook_with(&key, json!({"name": "a", "url": receiver.url("/a")}))
+        .await;
+    server.ingest_one(exploit()).await;
+    receiver.wait_for("/a", 1, Duration::from_secs(10)).await;
+    server.kill();
+    server.spawn().await;
+    server.ingest_one(exploit_of("Other")).await;
+    receiver.wait_for("/a", 2, Duration::from_secs(10)).await;
+    assert_eq!(server.deliveries(&hook).await.len(), 2);
+}
+
 crate::backend_tests!(
     after_a_sigkill_and_a_restart_every_delivery_arrives_with_its_id_and_no_retry_comes_early,
     sigterm_lets_the_attempt_in_flight_finish_starts_nothing_new_and_exits_zero,
