@@ -52,6 +52,24 @@ pub fn proc_status_mib(field: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU time this process has used (all threads, user and system), in seconds: beside a
+/// rate, what each request cost, a figure a noisy neighbour moves far less than the rate.
+/// `/proc/self/stat` counts in USER_HZ ticks, 100 per second on Linux.
+pub fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Microseconds of CPU per item between two `process_cpu_secs` readings.
+pub fn cpu_us_per(before: Option<f64>, after: Option<f64>, items: u64) -> Option<f64> {
+    let (b, a) = (before?, after?);
+    (items > 0).then(|| (a - b) * 1e6 / items as f64)
+}
+
 /// Starts a new peak-RSS window: Linux resets VmHWM to the current RSS when "5" is
 /// written to clear_refs. Without it (old kernels, other systems) the peak is the
 /// process's lifetime peak, which the report then says.

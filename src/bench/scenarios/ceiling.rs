@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use super::{secs, tls_material, Env, ExploitSource};
 use crate::bench::receiver::Receiver;
 use crate::bench::report::ScenarioReport;
-use crate::bench::stats::progress;
+use crate::bench::stats::{cpu_us_per, process_cpu_secs, progress};
 
 /// Rounds of the ceiling; the median is the figure.
 const ROUNDS: usize = 3;
@@ -27,6 +27,7 @@ struct Round {
     connections: u64,
     failed: u64,
     errors: Vec<String>,
+    cpu_us_per_request: Option<f64>,
 }
 
 impl Round {
@@ -88,6 +89,14 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
         "connections opened to receiver",
         mid.connections,
     );
+    if let Some(us) = mid.cpu_us_per_request {
+        report.number(
+            "cpu_us_per_request",
+            "CPU per request, client + receiver (median round)",
+            us,
+            "us",
+        );
+    }
     for r in rounds {
         if r.failed > 0 {
             report.error(format!(
@@ -129,6 +138,7 @@ async fn round(
     let next = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let cpu_before = process_cpu_secs();
     let mut workers = JoinSet::new();
     for _ in 0..concurrency {
         let (client, url, body, next, failures, bar) = (
@@ -162,11 +172,14 @@ async fn round(
     while let Some(joined) = workers.join_next().await {
         joined.context("a ceiling worker panicked")?;
     }
+    let cpu_after = process_cpu_secs();
     bar.finish_and_clear();
 
     let last = receiver.last_receipt().unwrap_or(started);
+    let received = receiver.ceiling_requests();
     Ok(Round {
-        received: receiver.ceiling_requests(),
+        cpu_us_per_request: cpu_us_per(cpu_before, cpu_after, received),
+        received,
         elapsed: secs(started, last),
         connections: receiver.connections(),
         failed: failures.load(Ordering::Relaxed),

@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use super::{deadline_for, ingest_in_batches, secs, wait_for_deliveries, Env, Fixture};
 use crate::bench::report::ScenarioReport;
-use crate::bench::stats::{proc_status_mib, progress, reset_peak_rss};
+use crate::bench::stats::{
+    cpu_us_per, proc_status_mib, process_cpu_secs, progress, reset_peak_rss,
+};
 
 /// Deliveries one ingest request queues at most: large enough to keep the single writer
 /// busy, small enough that delivery starts while ingest goes on.
@@ -24,9 +26,11 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
     let batch = (DELIVERIES_PER_INGEST / webhooks).clamp(1, super::MAX_INGEST_BATCH);
     let bar = progress(expected, "throughput: deliveries");
     let started = Instant::now();
+    let cpu_before = process_cpu_secs();
     let queued = ingest_in_batches(&fx, exploits, batch, &bar).await?;
     let ingested = Instant::now();
     let complete = wait_for_deliveries(&fx.receiver, expected, deadline_for(expected), &bar).await;
+    let cpu_after = process_cpu_secs();
     bar.finish_and_clear();
     let peak_rss = proc_status_mib("VmHWM");
 
@@ -47,6 +51,14 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
         },
         "/s",
     );
+    if let Some(us) = cpu_us_per(cpu_before, cpu_after, delivered) {
+        report.number(
+            "cpu_us_per_delivery",
+            "CPU per delivery, service + receiver",
+            us,
+            "us",
+        );
+    }
     let ingest_secs = secs(started, ingested);
     report.number("ingest_secs", "ingest calls (queueing)", ingest_secs, "s");
     report.number(
