@@ -45,6 +45,8 @@ pub enum StoreError {
          with --role api, or use PostgreSQL for several workers"
     )]
     WorkersElsewhere(String),
+    #[error("could not sync {0} to disk: {1}")]
+    Sync(String, std::io::Error),
     #[error("could not lock {0}: {1}")]
     WorkerLock(String, std::io::Error),
 }
@@ -253,8 +255,11 @@ pub trait Store: Send + Sync + 'static {
     /// `old` (regenerated meanwhile) is left alone. Returns the ids replaced.
     async fn replace_stored_secrets(&self, changes: &[SecretChange]) -> StoreResult<Vec<i64>>;
 
-    /// Stores new exploits and queues a delivery for each matching active webhook, all in
-    /// one transaction; duplicates (by chain and tx hash) are reported, not stored.
+    /// Stores new exploits and queues a delivery for each matching active webhook;
+    /// duplicates (by chain and tx hash) are reported, not stored. Each exploit is
+    /// stored with all its deliveries or not at all, and all are durable once this
+    /// returns; a backend may commit a large batch in parts, so that deliveries of its
+    /// first exploits start while the rest is stored.
     async fn ingest_exploits(&self, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>>;
 
     /// The webhook's delivery figures for its health report.

@@ -150,6 +150,11 @@ impl Store for SqliteStore {
         true
     }
 
+    async fn subscribe_wakeups(&self, wake: Arc<tokio::sync::Notify>) -> StoreResult<()> {
+        // The writer wakes the dispatcher as soon as an ingest's first part is committed.
+        self.hot.subscribe(wake)
+    }
+
     fn take_workers(&self) -> StoreResult<()> {
         let Some(db) = &self.path else {
             return Ok(());

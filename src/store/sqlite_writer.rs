@@ -1,6 +1,6 @@
 //! The SQLite delivery hot path on a thread of its own: one rusqlite connection runs each
-//! ingest and each dispatcher turn (outcomes, then a claim) as one synchronous
-//! transaction with cached statements. Through sqlx every statement was a round trip to
+//! dispatcher turn (outcomes, then a claim) as one synchronous transaction with cached
+//! statements, and each ingest in chunks with the turns that arrive meanwhile between. Through sqlx every statement was a round trip to
 //! its worker thread, and those hops, not SQLite, set the pace of delivery.
 //!
 //! Claims live here, in memory, not in `deliveries.locked_until`: one process owns a
@@ -12,13 +12,14 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::mpsc;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::{
     delivery_outcome, exploit_dedup_key, gone_reason, health_deltas, AttemptRecord, AttemptResult,
@@ -62,6 +63,9 @@ enum Command {
         now_ms: i64,
         busy: Vec<i64>,
         reply: oneshot::Sender<StoreResult<Option<i64>>>,
+    },
+    Subscribe {
+        wake: Arc<Notify>,
     },
 }
 
@@ -123,7 +127,7 @@ impl HotPath {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         // NORMAL: outcomes and claims commit without waiting for the disk (after a power
-        // cut the worst case is a delivery sent once more); ingest switches to FULL.
+        // cut the worst case is a delivery sent once more); ingest syncs the WAL itself.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.pragma_update(None, "temp_store", "memory")?;
@@ -133,9 +137,19 @@ impl HotPath {
         conn.busy_handler(Some(busy))?;
         conn.set_prepared_statement_cache_capacity(32);
         let (commands, rx) = mpsc::channel();
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let writer = Writer {
+            conn,
+            secrets,
+            wal: PathBuf::from(wal),
+            claims: Claims::default(),
+            wake: None,
+            waiting: VecDeque::new(),
+        };
         std::thread::Builder::new()
             .name("kamiyo-sqlite".into())
-            .spawn(move || serve(conn, rx, secrets))
+            .spawn(move || writer.serve(rx))
             .map_err(|e| StoreError::Corrupt(format!("starting the SQLite writer thread: {e}")))?;
         Ok(HotPath { commands })
     }
@@ -162,6 +176,11 @@ impl HotPath {
             reply,
         })?;
         answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Whom to wake when ingest has queued deliveries the dispatcher may claim.
+    pub(super) fn subscribe(&self, wake: Arc<Notify>) -> StoreResult<()> {
+        self.send(Command::Subscribe { wake })
     }
 
     /// Gives claims back without an attempt.
@@ -200,31 +219,63 @@ fn busy(tries: i32) -> bool {
     true
 }
 
-fn serve(mut conn: Connection, commands: mpsc::Receiver<Command>, secrets: SecretCodec) {
-    let mut claims = Claims::default();
-    while let Ok(command) = commands.recv() {
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    secrets: SecretCodec,
+    /// The WAL file, synced before an ingest is answered.
+    wal: PathBuf,
+    claims: Claims,
+    wake: Option<Arc<Notify>>,
+    /// Ingests that arrived while another one was between its chunks.
+    waiting: VecDeque<Command>,
+}
+
+impl Writer {
+    fn serve(mut self, commands: mpsc::Receiver<Command>) {
+        loop {
+            let command = match self.waiting.pop_front() {
+                Some(c) => c,
+                None => match commands.recv() {
+                    Ok(c) => c,
+                    Err(_) => break,
+                },
+            };
+            match command {
+                Command::Ingest { exploits, reply } => {
+                    let _ = reply.send(self.ingest(&exploits, &commands));
+                }
+                other => self.handle(other),
+            }
+        }
+    }
+
+    /// Everything but an ingest.
+    fn handle(&mut self, command: Command) {
         match command {
             Command::Turn {
                 records,
                 claim,
                 reply,
             } => {
-                let done = turn(&mut conn, &secrets, &claims, &records, claim.as_ref());
-                if let (Ok(claimed), now_ms, until) = (
-                    &done,
-                    claim.as_ref().map_or_else(now_ms, |c| c.now_ms),
-                    claim.as_ref().map_or(0, |c| c.lease_until_ms),
-                ) {
-                    claims.settle(&records, claimed, until, now_ms);
+                let done = turn(
+                    &mut self.conn,
+                    &self.secrets,
+                    &self.claims,
+                    &records,
+                    claim.as_ref(),
+                );
+                if let Ok(claimed) = &done {
+                    let (now, until) = claim
+                        .as_ref()
+                        .map_or((now_ms(), 0), |c| (c.now_ms, c.lease_until_ms));
+                    self.claims.settle(&records, claimed, until, now);
                 }
                 let _ = reply.send(done);
             }
-            Command::Ingest { exploits, reply } => {
-                let _ = reply.send(ingest(&mut conn, &exploits));
-            }
             Command::Release { ids } => {
                 for id in ids {
-                    claims.leases.remove(&id);
+                    self.claims.leases.remove(&id);
                 }
             }
             Command::NextClaimable {
@@ -232,9 +283,71 @@ fn serve(mut conn: Connection, commands: mpsc::Receiver<Command>, secrets: Secre
                 busy,
                 reply,
             } => {
-                let _ = reply.send(next_claimable_at(&conn, &claims, now_ms, &busy));
+                let _ = reply.send(next_claimable_at(&self.conn, &self.claims, now_ms, &busy));
+            }
+            Command::Subscribe { wake } => self.wake = Some(wake),
+            ingest @ Command::Ingest { .. } => self.waiting.push_back(ingest),
+        }
+    }
+
+    /// Between two chunks of an ingest: the turns (and other short commands) that came
+    /// in meanwhile run now, so delivery goes on while a large batch is stored.
+    fn serve_arrived(&mut self, commands: &mpsc::Receiver<Command>) {
+        while let Ok(command) = commands.try_recv() {
+            self.handle(command);
+        }
+    }
+
+    fn wake_dispatcher(&self) {
+        if let Some(wake) = &self.wake {
+            wake.notify_waiters();
+            wake.notify_one();
+        }
+    }
+
+    /// Stores the batch in chunks of whole exploits, each its own transaction, then makes
+    /// it all durable (one fsync of the WAL) before answering. A crash part way leaves
+    /// the chunks already committed, each exploit with all its deliveries: the client,
+    /// unanswered, sends the batch again, and those come back as duplicates.
+    fn ingest(
+        &mut self,
+        exploits: &[NewExploit],
+        commands: &mpsc::Receiver<Command>,
+    ) -> StoreResult<Vec<IngestOutcome>> {
+        let now = now_ms();
+        let targets = ingest_targets(&self.conn)?;
+        let mut outcomes = Vec::with_capacity(exploits.len());
+        let mut rest = exploits;
+        let mut wrote = false;
+        while !rest.is_empty() {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut rows = 0;
+            while let Some((e, more)) = rest.split_first() {
+                if rows >= INGEST_CHUNK_ROWS {
+                    break;
+                }
+                let outcome = ingest_one(&tx, &targets, e, now)?;
+                rows += 1 + outcome.matched as usize;
+                wrote |= !outcome.duplicate;
+                outcomes.push(outcome);
+                rest = more;
+            }
+            tx.commit()?;
+            if !rest.is_empty() && rows > 0 {
+                self.wake_dispatcher();
+                self.serve_arrived(commands);
             }
         }
+        if wrote {
+            // What synchronous = FULL does at a commit, once for all the chunks (and
+            // for the relaxed turn commits before them).
+            std::fs::File::open(&self.wal)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| StoreError::Sync(self.wal.display().to_string(), e))?;
+        }
+        Ok(outcomes)
     }
 }
 
@@ -574,96 +687,192 @@ fn claim_due(
     Ok(out)
 }
 
-/// Ingest commits with `synchronous = FULL`: an acknowledged exploit survives a power
-/// cut, and that commit makes every earlier relaxed one durable too.
-fn ingest(conn: &mut Connection, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>> {
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    let result = ingest_in(conn, exploits);
-    if let Err(e) = conn.pragma_update(None, "synchronous", "NORMAL") {
-        // Staying at FULL is slower, never less safe.
-        tracing::warn!(error = %e, "could not relax synchronous after ingest");
+/// Rows an ingest chunk writes before it commits (at an exploit's end: an exploit and its
+/// deliveries always commit together). A chunk takes a few milliseconds, the longest a
+/// dispatcher turn waits behind an ingest.
+const INGEST_CHUNK_ROWS: usize = 1024;
+
+/// The webhooks an exploit may match, with their filters.
+fn ingest_targets(conn: &Connection) -> StoreResult<Vec<(i64, Filters)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, min_amount_usd, chains, protocols, categories FROM webhooks \
+         WHERE deleted_at IS NULL AND is_active = 1",
+    )?;
+    let mut rows = st.query([])?;
+    let mut targets = Vec::new();
+    while let Some(row) = rows.next()? {
+        targets.push((
+            row.get(0)?,
+            Filters {
+                min_amount_usd: row.get(1)?,
+                chains: super::decode_list(row.get(2)?)?,
+                protocols: super::decode_list(row.get(3)?)?,
+                categories: super::decode_list(row.get(4)?)?,
+            },
+        ));
     }
-    result
+    Ok(targets)
 }
 
-fn ingest_in(conn: &mut Connection, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>> {
-    let now = now_ms();
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut targets: Vec<(i64, Filters)> = Vec::new();
-    {
-        let mut st = tx.prepare_cached(
-            "SELECT id, min_amount_usd, chains, protocols, categories FROM webhooks \
-             WHERE deleted_at IS NULL AND is_active = 1",
-        )?;
-        let mut rows = st.query([])?;
-        while let Some(row) = rows.next()? {
-            targets.push((
-                row.get(0)?,
-                Filters {
-                    min_amount_usd: row.get(1)?,
-                    chains: super::decode_list(row.get(2)?)?,
-                    protocols: super::decode_list(row.get(3)?)?,
-                    categories: super::decode_list(row.get(4)?)?,
-                },
-            ));
-        }
-    }
+/// Stores one exploit, unless a duplicate, and queues its deliveries.
+fn ingest_one(
+    tx: &rusqlite::Transaction<'_>,
+    targets: &[(i64, Filters)],
+    e: &NewExploit,
+    now: i64,
+) -> StoreResult<IngestOutcome> {
     let mut insert_exploit = tx.prepare_cached(
         "INSERT INTO exploits (dedup_key, tx_hash, chain, protocol, amount_usd, timestamp, \
          source, source_url, category, description, detected_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
          ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
     )?;
-    let mut existing = tx.prepare_cached("SELECT id FROM exploits WHERE dedup_key = ?1")?;
+    let key = exploit_dedup_key(&e.chain, &e.tx_hash);
+    let inserted: Option<i64> = insert_exploit
+        .query_row(
+            params![
+                key,
+                e.tx_hash,
+                e.chain,
+                e.protocol,
+                e.amount_usd,
+                e.timestamp_ms,
+                e.source,
+                e.source_url,
+                e.category,
+                e.description,
+                now
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(id) = inserted else {
+        let mut existing = tx.prepare_cached("SELECT id FROM exploits WHERE dedup_key = ?1")?;
+        let id: i64 = existing.query_row(params![key], |row| row.get(0))?;
+        return Ok(IngestOutcome {
+            id,
+            duplicate: true,
+            matched: 0,
+        });
+    };
     let mut insert_delivery = tx.prepare_cached(
         "INSERT INTO deliveries (webhook_id, exploit_id, event, status, next_attempt_at, created_at) \
          VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
     )?;
-    let mut outcomes = Vec::with_capacity(exploits.len());
-    for e in exploits {
-        let key = exploit_dedup_key(&e.chain, &e.tx_hash);
-        let inserted: Option<i64> = insert_exploit
-            .query_row(
-                params![
-                    key,
-                    e.tx_hash,
-                    e.chain,
-                    e.protocol,
-                    e.amount_usd,
-                    e.timestamp_ms,
-                    e.source,
-                    e.source_url,
-                    e.category,
-                    e.description,
-                    now
-                ],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let Some(id) = inserted else {
-            let id: i64 = existing.query_row(params![key], |row| row.get(0))?;
-            outcomes.push(IngestOutcome {
-                id,
-                duplicate: true,
-                matched: 0,
-            });
-            continue;
-        };
-        let facts = e.facts();
-        let mut matched = 0;
-        for (webhook_id, filters) in &targets {
-            if filters.matches(&facts) {
-                insert_delivery.execute(params![webhook_id, id, EVENT_EXPLOIT_DETECTED, now])?;
-                matched += 1;
+    let facts = e.facts();
+    let mut matched = 0;
+    for (webhook_id, filters) in targets {
+        if filters.matches(&facts) {
+            insert_delivery.execute(params![webhook_id, id, EVENT_EXPLOIT_DETECTED, now])?;
+            matched += 1;
+        }
+    }
+    Ok(IngestOutcome {
+        id,
+        duplicate: false,
+        matched,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use crate::domain::filter::Filters;
+    use crate::domain::tier::Tier;
+    use crate::domain::webhook::{NewWebhook, WebhookUrl};
+    use crate::store::{open, NewExploit};
+
+    use super::*;
+
+    fn exploit(n: usize) -> NewExploit {
+        NewExploit {
+            tx_hash: format!("0x{n:064x}"),
+            chain: "ethereum".into(),
+            protocol: "p".into(),
+            amount_usd: 1e6,
+            timestamp_ms: 1_700_000_000_000,
+            source: None,
+            source_url: None,
+            category: None,
+            description: None,
+        }
+    }
+
+    /// A batch of four exploits for 700 webhooks is stored in two chunks; a claim sent
+    /// while it is stored runs between them and sees the first chunk only, and the
+    /// answer still holds every exploit, a duplicate inside the batch included.
+    #[tokio::test]
+    async fn a_large_ingest_commits_in_chunks_of_whole_exploits_with_turns_between() {
+        const WEBHOOKS: usize = 700;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("k.db").display());
+        let store = open(&url, 4, SecretCodec::plaintext()).await.unwrap();
+        store.migrate().await.unwrap();
+        for u in 0..WEBHOOKS / 50 {
+            let user = store
+                .create_user(&format!("u{u}"), Tier::Enterprise, &format!("hash{u}"))
+                .await
+                .unwrap();
+            for i in 0..50 {
+                let new = NewWebhook {
+                    name: format!("w{u}-{i}"),
+                    url: WebhookUrl::parse(&format!("http://127.0.0.1:9/{u}/{i}"), true).unwrap(),
+                    filters: Filters::default(),
+                    is_active: true,
+                    secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                };
+                store
+                    .create_webhook(user.id, Tier::Enterprise, &new)
+                    .await
+                    .unwrap();
             }
         }
-        outcomes.push(IngestOutcome {
-            id,
-            duplicate: false,
-            matched,
-        });
+        let batch = [exploit(1), exploit(2), exploit(3), exploit(1), exploit(4)];
+        let now = now_ms();
+        let ingest = async {
+            let r = store.ingest_exploits(&batch).await;
+            (r, Instant::now())
+        };
+        let claim = async {
+            let r = store
+                .claim_due_deliveries(now + 1000, now + 60_000, 5000, 5000, &[])
+                .await;
+            (r, Instant::now())
+        };
+        let ((ingested, ingest_done), (claimed, claim_done)) = tokio::join!(ingest, claim);
+        let outcomes = ingested.unwrap();
+        let claimed = claimed.unwrap();
+
+        assert_eq!(outcomes.len(), 5);
+        let matched: Vec<u32> = outcomes.iter().map(|o| o.matched).collect();
+        assert_eq!(matched, [700, 700, 700, 0, 700]);
+        assert!(outcomes[3].duplicate && outcomes[3].id == outcomes[0].id);
+        assert!(
+            claim_done < ingest_done,
+            "the claim ran before the ingest ended"
+        );
+        // The first chunk is the first two exploits (1,401 rows); the claim saw them all
+        // and nothing of the second chunk.
+        let first: Vec<i64> = outcomes[..2].iter().map(|o| o.id).collect();
+        assert_eq!(claimed.len(), 2 * WEBHOOKS, "{} claimed", claimed.len());
+        let ids: std::collections::HashSet<i64> = claimed
+            .iter()
+            .map(|d| {
+                let v: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
+                v["exploit"]["id"].as_i64().unwrap()
+            })
+            .collect();
+        assert!(
+            ids.iter().all(|id| first.contains(id)),
+            "{ids:?} vs {first:?}"
+        );
+
+        // All of it is there afterwards, and claimable once.
+        let rest = store
+            .claim_due_deliveries(now + 1000, now + 60_000, 5000, 5000, &[])
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 2 * WEBHOOKS);
     }
-    drop((insert_exploit, existing, insert_delivery));
-    tx.commit()?;
-    Ok(outcomes)
 }
