@@ -16,6 +16,9 @@ const LATENCY_BUCKETS: [f64; 14] = [
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the recorder on first use (once per process, however many apps a test starts).
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
@@ -26,6 +29,18 @@ pub fn handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        // Histogram samples wait in the recorder until drained: without a scrape of
+        // /metrics they would pile up, one per delivery attempt, for the process's life.
+        let upkeep = handle.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("kamiyo-metrics".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            })
+        {
+            tracing::warn!(error = %e, "could not start the metrics upkeep thread");
         }
         describe();
         handle
