@@ -14,7 +14,7 @@ use sqlx::ConnectOptions;
 use sqlx::{Connection, Row, Sqlite, SqliteConnection};
 
 use super::rows::{DELIVERY_COLUMNS, EXPLOIT_JOIN_COLUMNS, WEBHOOK_COLUMNS};
-use super::sqlite_writer::{Claim, HotPath};
+use super::sqlite_writer::{beside, Claim, HotPath};
 use super::*;
 use crate::domain::exploit::Exploit;
 use crate::domain::filter::Filters;
@@ -31,8 +31,8 @@ pub struct SqliteStore {
     hot: HotPath,
     /// The checkpoint task runs while this lives.
     _alive: Arc<()>,
-    /// The database file, for the workers' lock file beside it (none in memory).
-    path: Option<std::path::PathBuf>,
+    /// The workers' lock file beside the database file (none in memory).
+    workers_lock: Option<std::path::PathBuf>,
     /// Held while this process runs the delivery workers: claims are in its memory only.
     workers: std::sync::Mutex<Option<std::fs::File>>,
 }
@@ -72,15 +72,16 @@ impl SqliteStore {
             .connect_with(options.clone().read_only(true))
             .await?;
         // Opened after the pools: by then the file exists and is in WAL mode.
-        let hot = HotPath::open(options.get_filename(), secrets.clone())?;
         let path = options.get_filename();
+        let hot = HotPath::open(path, secrets.clone())?;
         Ok(SqliteStore {
             read,
             write,
             secrets,
             hot,
             _alive: alive,
-            path: (path != std::path::Path::new(":memory:")).then(|| path.to_path_buf()),
+            workers_lock: (path != std::path::Path::new(":memory:"))
+                .then(|| beside(path, "-workers.lock")),
             workers: Default::default(),
         })
     }
@@ -156,22 +157,19 @@ impl Store for SqliteStore {
     }
 
     fn take_workers(&self) -> StoreResult<()> {
-        let Some(db) = &self.path else {
+        let Some(path) = &self.workers_lock else {
             return Ok(());
         };
         let mut held = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         if held.is_some() {
             return Ok(());
         }
-        let mut name = db.as_os_str().to_owned();
-        name.push("-workers.lock");
-        let path = std::path::PathBuf::from(name);
         let shown = path.display().to_string();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
+            .open(path)
             .map_err(|e| StoreError::WorkerLock(shown.clone(), e))?;
         // An advisory lock the kernel drops when the process ends, SIGKILL included.
         match file.try_lock() {

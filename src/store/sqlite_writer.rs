@@ -1,7 +1,8 @@
 //! The SQLite delivery hot path on a thread of its own: one rusqlite connection runs each
 //! dispatcher turn (outcomes, then a claim) as one synchronous transaction with cached
-//! statements, and each ingest in chunks with the turns that arrive meanwhile between. Through sqlx every statement was a round trip to
-//! its worker thread, and those hops, not SQLite, set the pace of delivery.
+//! statements, and each ingest in chunks with the turns that arrive meanwhile between.
+//! Through sqlx every statement was a round trip to its worker thread, and those hops,
+//! not SQLite, set the pace of delivery.
 //!
 //! Claims live here, in memory, not in `deliveries.locked_until`: one process owns a
 //! SQLite database's workers (a lock file makes sure of it), so a claim only has to keep
@@ -92,6 +93,12 @@ impl Claims {
         self.leases.len()
     }
 
+    fn release(&mut self, ids: &[i64]) {
+        for id in ids {
+            self.leases.remove(id);
+        }
+    }
+
     /// After a turn's commit: the recorded deliveries are free, the claimed ones held.
     fn settle(
         &mut self,
@@ -137,12 +144,10 @@ impl HotPath {
         conn.busy_handler(Some(busy))?;
         conn.set_prepared_statement_cache_capacity(32);
         let (commands, rx) = mpsc::channel();
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
         let writer = Writer {
             conn,
             secrets,
-            wal: PathBuf::from(wal),
+            wal: beside(path, "-wal"),
             claims: Claims::default(),
             wake: None,
             waiting: VecDeque::new(),
@@ -211,6 +216,13 @@ impl HotPath {
     }
 }
 
+/// The file SQLite (or this store) keeps next to the database: its name plus `suffix`.
+pub(super) fn beside(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 fn busy(tries: i32) -> bool {
     if BUSY_STEP * tries.max(0) as u32 >= BUSY_WAIT {
         return false;
@@ -273,11 +285,7 @@ impl Writer {
                 }
                 let _ = reply.send(done);
             }
-            Command::Release { ids } => {
-                for id in ids {
-                    self.claims.leases.remove(&id);
-                }
-            }
+            Command::Release { ids } => self.claims.release(&ids),
             Command::NextClaimable {
                 now_ms,
                 busy,
