@@ -127,8 +127,13 @@ pub(super) struct HotPath {
 }
 
 impl HotPath {
-    /// Opens a second write connection to the (existing, WAL-mode) database at `path`.
-    pub(super) fn open(path: &Path, secrets: SecretCodec) -> StoreResult<HotPath> {
+    /// Opens a second write connection to the (existing, WAL-mode) database at `path`;
+    /// a commit that leaves more than `wal_frames_max` frames in the WAL checkpoints it.
+    pub(super) fn open(
+        path: &Path,
+        secrets: SecretCodec,
+        wal_frames_max: u32,
+    ) -> StoreResult<HotPath> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -138,9 +143,9 @@ impl HotPath {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.pragma_update(None, "temp_store", "memory")?;
-        // The hot index pages of the queue stay cached; checkpoints run elsewhere.
+        // The hot index pages of the queue stay cached.
         conn.pragma_update(None, "cache_size", -16384)?;
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "wal_autocheckpoint", wal_frames_max)?;
         conn.busy_handler(Some(busy))?;
         conn.set_prepared_statement_cache_capacity(32);
         let (commands, rx) = mpsc::channel();
@@ -807,17 +812,13 @@ mod tests {
         }
     }
 
-    /// A batch of four exploits for 700 webhooks is stored in two chunks; a claim sent
-    /// while it is stored runs between them and sees the first chunk only, and the
-    /// answer still holds every exploit, a duplicate inside the batch included.
-    #[tokio::test]
-    async fn a_large_ingest_commits_in_chunks_of_whole_exploits_with_turns_between() {
-        const WEBHOOKS: usize = 700;
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("k.db").display());
+    /// A migrated store at `path` with `webhooks` webhooks (a multiple of 50) matching
+    /// every exploit.
+    async fn store_with_webhooks(path: &Path, webhooks: usize) -> Arc<dyn crate::store::Store> {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
         let store = open(&url, 4, SecretCodec::plaintext()).await.unwrap();
         store.migrate().await.unwrap();
-        for u in 0..WEBHOOKS / 50 {
+        for u in 0..webhooks / 50 {
             let user = store
                 .create_user(&format!("u{u}"), Tier::Enterprise, &format!("hash{u}"))
                 .await
@@ -836,6 +837,84 @@ mod tests {
                     .unwrap();
             }
         }
+        store
+    }
+
+    /// Ingests `exploits` one by one through a hot path of its own on a fresh database
+    /// with 100 webhooks, delivering each batch (claimed, then recorded as a success)
+    /// before the next: a commit stream with no other connection around. Returns the
+    /// WAL file's size afterwards, which is the most it ever held (SQLite writes a
+    /// restarted WAL from its beginning and never shrinks the file).
+    async fn wal_size_after_a_stream_of_commits(wal_frames_max: u32, exploits: usize) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = store_with_webhooks(&path, 100).await;
+        drop(store);
+        // The background checkpointer ends at its next tick once the store is gone.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let hot = HotPath::open(&path, SecretCodec::plaintext(), wal_frames_max).unwrap();
+        let mut records = Vec::new();
+        for n in 0..exploits {
+            let ingested = hot.ingest(&[exploit(n)]).await.unwrap();
+            assert_eq!(ingested[0].matched, 100);
+            let now = now_ms();
+            let claim = Claim {
+                now_ms: now + 1000,
+                lease_until_ms: now + 60_000,
+                limit: 1000,
+                per_endpoint: 1000,
+                in_flight: Vec::new(),
+            };
+            let claimed = hot.turn(&records, Some(claim)).await.unwrap();
+            assert_eq!(claimed.len(), 100);
+            records = claimed
+                .iter()
+                .map(|d| AttemptRecord {
+                    delivery_id: d.id,
+                    webhook_id: d.webhook_id,
+                    attempt: d.attempt,
+                    started_at_ms: now,
+                    latency_ms: 3,
+                    status_code: Some(200),
+                    error_kind: None,
+                    error: None,
+                    response_body: Some("ok".into()),
+                    result: AttemptResult::Succeeded,
+                })
+                .collect();
+        }
+        hot.turn(&records, None).await.unwrap();
+        std::fs::metadata(beside(&path, "-wal")).unwrap().len()
+    }
+
+    /// Under a stream of commits that never leaves the WAL fully copied, the hot path's
+    /// own checkpoint lets the WAL start again from its beginning: the file stays near
+    /// the bound, where without one it holds every commit of the stream.
+    #[tokio::test]
+    async fn the_hot_path_keeps_the_wal_near_its_bound_under_a_stream_of_commits() {
+        const FRAME: u64 = 4096 + 24;
+        const BOUND: u32 = 64;
+        let unbounded = wal_size_after_a_stream_of_commits(0, 150).await;
+        let bounded = wal_size_after_a_stream_of_commits(BOUND, 150).await;
+        assert!(
+            unbounded > 20 * u64::from(BOUND) * FRAME,
+            "the stream wrote only {unbounded} bytes of WAL: too little to test the bound"
+        );
+        // The bound, plus the commit that crossed it.
+        assert!(
+            bounded < 4 * u64::from(BOUND) * FRAME,
+            "the WAL grew to {bounded} bytes with a bound of {BOUND} frames"
+        );
+    }
+
+    /// A batch of four exploits for 700 webhooks is stored in two chunks; a claim sent
+    /// while it is stored runs between them and sees the first chunk only, and the
+    /// answer still holds every exploit, a duplicate inside the batch included.
+    #[tokio::test]
+    async fn a_large_ingest_commits_in_chunks_of_whole_exploits_with_turns_between() {
+        const WEBHOOKS: usize = 700;
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_webhooks(&dir.path().join("k.db"), WEBHOOKS).await;
         let batch = [exploit(1), exploit(2), exploit(3), exploit(1), exploit(4)];
         let now = now_ms();
         let ingest = async {
