@@ -691,32 +691,43 @@ impl Store for SqliteStore {
         page: Page,
     ) -> StoreResult<(Vec<DeliveryRecord>, u64)> {
         let offset = i64::from(page.page.saturating_sub(1)) * i64::from(page.page_size);
-        // Two spellings, so each uses its own index: (webhook_id, id) or (webhook_id,
-        // status, id). The page's ids come from the index alone; only those 50 rows are
-        // read from the table, however deep the page.
+        // One spelling per filter, each with its status written out: SQLite uses a
+        // partial index only where the query's own text implies the index's condition.
+        // The page's ids come from an index alone (for succeeded, with the row's status);
+        // only those 50 rows are read from the table, however deep the page.
         let (ids, count) = match status {
             None => (
                 "SELECT id FROM deliveries WHERE webhook_id = ?1 ORDER BY id DESC LIMIT ?2 OFFSET ?3",
                 "SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1",
             ),
-            Some(_) => (
-                "SELECT id FROM deliveries WHERE webhook_id = ?1 AND status = ?4 \
+            Some(DeliveryStatus::Pending) => (
+                "SELECT id FROM deliveries WHERE webhook_id = ?1 AND status = 'pending' \
                  ORDER BY id DESC LIMIT ?2 OFFSET ?3",
-                "SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND status = ?2",
+                "SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND status = 'pending'",
+            ),
+            Some(DeliveryStatus::Failed) => (
+                "SELECT id FROM deliveries WHERE webhook_id = ?1 AND status = 'failed' \
+                 ORDER BY id DESC LIMIT ?2 OFFSET ?3",
+                "SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND status = 'failed'",
+            ),
+            // Most deliveries have succeeded: the rest are counted from the two small
+            // indexes rather than every row of the webhook read for its status.
+            Some(DeliveryStatus::Succeeded) => (
+                "SELECT id FROM deliveries WHERE webhook_id = ?1 AND status = 'succeeded' \
+                 ORDER BY id DESC LIMIT ?2 OFFSET ?3",
+                "SELECT (SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1) \
+                   - (SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND status = 'pending') \
+                   - (SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND status = 'failed')",
             ),
         };
         let sql = format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id IN ({ids}) ORDER BY id DESC"
         );
-        let mut query = sqlx::query(&sql)
+        let query = sqlx::query(&sql)
             .bind(webhook_id)
             .bind(i64::from(page.page_size))
             .bind(offset);
-        let mut total = sqlx::query_scalar::<_, i64>(count).bind(webhook_id);
-        if let Some(s) = status {
-            query = query.bind(s.as_str());
-            total = total.bind(s.as_str());
-        }
+        let total = sqlx::query_scalar::<_, i64>(count).bind(webhook_id);
         let rows = query.fetch_all(&self.read).await?;
         let total = total.fetch_one(&self.read).await?;
         let deliveries = rows

@@ -524,6 +524,79 @@ async fn an_address_outside_the_allowed_networks_is_blocked_at_send_time() {
     );
 }
 
+/// One page of a webhook's delivery list, `query` included.
+async fn deliveries_page(app: &TestApp, hook: &Hook, query: &str) -> Value {
+    let resp = app
+        .user(
+            &hook.key,
+            Method::GET,
+            &format!("{}/deliveries{query}", hook.path()),
+        )
+        .send()
+        .await
+        .expect("send list deliveries");
+    json_body(resp, StatusCode::OK).await
+}
+
+/// Deliveries of one webhook that ended each way are listed and counted under their own
+/// status filter, and the unfiltered list holds them all.
+async fn the_status_filter_lists_and_counts_each_outcome_of_one_webhook() {
+    let receiver = TestReceiver::start().await;
+    let app = spawn_app(&receiver, |cfg| {
+        // One attempt each: a 500 fails the delivery at once.
+        cfg.retry_schedule = Vec::new();
+        // The sixth stays in flight (pending) while the lists are read.
+        cfg.delivery_timeout = Duration::from_secs(20);
+        cfg.lease = Duration::from_secs(60);
+    })
+    .await;
+    receiver.set(
+        "/mixed",
+        Behaviour::script(
+            [200, 500, 200, 200, 500].map(Reply::status).to_vec(),
+            Reply::never(),
+        ),
+    );
+    let hook = app.hook_to(&receiver.url("/mixed")).await;
+    for _ in 0..5 {
+        app.ingest_one(exploit()).await;
+    }
+    eventually(
+        Duration::from_secs(15),
+        "five deliveries finished",
+        || async {
+            let list = app.deliveries(&hook).await;
+            list.iter().filter(|d| d["status"] != "pending").count() == 5
+        },
+    )
+    .await;
+    // The sixth is in flight to an endpoint that does not answer: pending.
+    app.ingest_one(exploit()).await;
+    receiver
+        .wait_for("/mixed", 6, Duration::from_secs(10))
+        .await;
+
+    for (status, expected) in [("succeeded", 3), ("failed", 2), ("pending", 1)] {
+        let page = deliveries_page(&app, &hook, &format!("?status={status}")).await;
+        assert_eq!(page["total"], expected, "{status}: {page}");
+        let items = page["deliveries"].as_array().unwrap();
+        assert_eq!(items.len(), expected, "{status}: {page}");
+        assert!(
+            items.iter().all(|d| d["status"] == status),
+            "{status}: {page}"
+        );
+    }
+    let second = deliveries_page(&app, &hook, "?status=succeeded&page=2&page_size=2").await;
+    assert_eq!(second["total"], 3, "{second}");
+    assert_eq!(
+        second["deliveries"].as_array().unwrap().len(),
+        1,
+        "{second}"
+    );
+    let all = deliveries_page(&app, &hook, "").await;
+    assert_eq!(all["total"], 6, "{all}");
+}
+
 /// An `https://` URL on which nothing listens.
 pub fn closed_port_url() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -548,4 +621,5 @@ crate::backend_tests!(
     an_untrusted_certificate_is_a_tls_failure,
     gone_ends_the_delivery_and_deactivates_the_webhook_until_it_is_reactivated,
     an_address_outside_the_allowed_networks_is_blocked_at_send_time,
+    the_status_filter_lists_and_counts_each_outcome_of_one_webhook,
 );

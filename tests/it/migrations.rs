@@ -144,9 +144,10 @@ async fn upgrading_a_sqlite_file_keeps_every_delivery_and_attempt() {
         indexes,
         [
             "deliveries_by_webhook",
-            "deliveries_by_webhook_status",
             "deliveries_due",
+            "deliveries_failed_by_webhook",
             "deliveries_finished",
+            "deliveries_pending_by_webhook",
             "delivery_attempts_by_delivery"
         ]
     );
