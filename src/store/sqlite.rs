@@ -692,9 +692,9 @@ impl Store for SqliteStore {
     ) -> StoreResult<(Vec<DeliveryRecord>, u64)> {
         let offset = i64::from(page.page.saturating_sub(1)) * i64::from(page.page_size);
         // One spelling per filter, each with its status written out: SQLite uses a
-        // partial index only where the query's own text implies the index's condition.
-        // The page's ids come from an index alone (for succeeded, with the row's status);
-        // only those 50 rows are read from the table, however deep the page.
+        // partial index (one per status) only where the query's own text implies the
+        // index's condition. The page's ids come from an index alone; only those 50 rows
+        // are read from the table, however deep the page.
         let (ids, count) = match status {
             None => (
                 "SELECT id FROM deliveries WHERE webhook_id = ?1 ORDER BY id DESC LIMIT ?2 OFFSET ?3",
@@ -705,19 +705,15 @@ impl Store for SqliteStore {
                  ORDER BY id DESC LIMIT ?2 OFFSET ?3",
                 "SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND status = 'pending'",
             ),
+            Some(DeliveryStatus::Succeeded) => (
+                "SELECT id FROM deliveries WHERE webhook_id = ?1 AND status = 'succeeded' \
+                 ORDER BY id DESC LIMIT ?2 OFFSET ?3",
+                "SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND status = 'succeeded'",
+            ),
             Some(DeliveryStatus::Failed) => (
                 "SELECT id FROM deliveries WHERE webhook_id = ?1 AND status = 'failed' \
                  ORDER BY id DESC LIMIT ?2 OFFSET ?3",
                 "SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND status = 'failed'",
-            ),
-            // Most deliveries have succeeded: the rest are counted from the two small
-            // indexes rather than every row of the webhook read for its status.
-            Some(DeliveryStatus::Succeeded) => (
-                "SELECT id FROM deliveries WHERE webhook_id = ?1 AND status = 'succeeded' \
-                 ORDER BY id DESC LIMIT ?2 OFFSET ?3",
-                "SELECT (SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1) \
-                   - (SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND status = 'pending') \
-                   - (SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND status = 'failed')",
             ),
         };
         let sql = format!(

@@ -148,6 +148,7 @@ async fn upgrading_a_sqlite_file_keeps_every_delivery_and_attempt() {
             "deliveries_failed_by_webhook",
             "deliveries_finished",
             "deliveries_pending_by_webhook",
+            "deliveries_succeeded_by_webhook",
             "delivery_attempts_by_delivery"
         ]
     );
