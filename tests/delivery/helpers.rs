@@ -283,18 +283,24 @@ pub trait Api {
         json_body(resp, StatusCode::OK).await
     }
 
-    /// The webhook's deliveries (first page, up to 100), newest first.
-    async fn deliveries(&self, hook: &Hook) -> Vec<Value> {
+    /// One page of the webhook's delivery list, as the API answers it; `query` is the
+    /// query string with its `?`, or empty.
+    async fn deliveries_page(&self, hook: &Hook, query: &str) -> Value {
         let resp = self
             .user(
                 &hook.key,
                 Method::GET,
-                &format!("{}/deliveries?page_size=100", hook.path()),
+                &format!("{}/deliveries{query}", hook.path()),
             )
             .send()
             .await
             .expect("send list deliveries");
-        let page = json_body(resp, StatusCode::OK).await;
+        json_body(resp, StatusCode::OK).await
+    }
+
+    /// The webhook's deliveries (first page, up to 100), newest first.
+    async fn deliveries(&self, hook: &Hook) -> Vec<Value> {
+        let page = self.deliveries_page(hook, "?page_size=100").await;
         page["deliveries"]
             .as_array()
             .unwrap_or_else(|| panic!("no deliveries array: {page}"))

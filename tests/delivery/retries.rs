@@ -524,20 +524,6 @@ async fn an_address_outside_the_allowed_networks_is_blocked_at_send_time() {
     );
 }
 
-/// One page of a webhook's delivery list, `query` included.
-async fn deliveries_page(app: &TestApp, hook: &Hook, query: &str) -> Value {
-    let resp = app
-        .user(
-            &hook.key,
-            Method::GET,
-            &format!("{}/deliveries{query}", hook.path()),
-        )
-        .send()
-        .await
-        .expect("send list deliveries");
-    json_body(resp, StatusCode::OK).await
-}
-
 /// Deliveries of one webhook that ended each way are listed and counted under their own
 /// status filter, and the unfiltered list holds them all.
 async fn the_status_filter_lists_and_counts_each_outcome_of_one_webhook() {
@@ -577,7 +563,9 @@ async fn the_status_filter_lists_and_counts_each_outcome_of_one_webhook() {
         .await;
 
     for (status, expected) in [("succeeded", 3), ("failed", 2), ("pending", 1)] {
-        let page = deliveries_page(&app, &hook, &format!("?status={status}")).await;
+        let page = app
+            .deliveries_page(&hook, &format!("?status={status}"))
+            .await;
         assert_eq!(page["total"], expected, "{status}: {page}");
         let items = page["deliveries"].as_array().unwrap();
         assert_eq!(items.len(), expected, "{status}: {page}");
@@ -586,14 +574,16 @@ async fn the_status_filter_lists_and_counts_each_outcome_of_one_webhook() {
             "{status}: {page}"
         );
     }
-    let second = deliveries_page(&app, &hook, "?status=succeeded&page=2&page_size=2").await;
+    let second = app
+        .deliveries_page(&hook, "?status=succeeded&page=2&page_size=2")
+        .await;
     assert_eq!(second["total"], 3, "{second}");
     assert_eq!(
         second["deliveries"].as_array().unwrap().len(),
         1,
         "{second}"
     );
-    let all = deliveries_page(&app, &hook, "").await;
+    let all = app.deliveries_page(&hook, "").await;
     assert_eq!(all["total"], 6, "{all}");
 }
 
