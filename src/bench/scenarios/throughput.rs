@@ -29,6 +29,7 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
     let cpu_before = process_cpu_secs();
     let queued = ingest_in_batches(&fx, exploits, batch, &bar).await?;
     let ingested = Instant::now();
+    let during_ingest = fx.receiver.delivered();
     let complete = wait_for_deliveries(&fx.receiver, expected, deadline_for(expected), &bar).await;
     let cpu_after = process_cpu_secs();
     bar.finish_and_clear();
@@ -66,6 +67,11 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
         "deliveries queued/s by ingest",
         queued as f64 / ingest_secs.max(1e-9),
         "/s",
+    );
+    report.count(
+        "delivered_during_ingest",
+        "deliveries received while ingesting",
+        during_ingest,
     );
     if let Some(first) = fx.receiver.first_receipt() {
         report.number(
