@@ -616,9 +616,17 @@ impl Store for SqliteStore {
                 .fetch_one(&self.read)
                 .await?,
         )?;
+        // The earlier attempts, then the latest, which the row itself holds (migration
+        // 0004; rows written before it have every attempt in `delivery_attempts`).
         let attempts = sqlx::query(
             "SELECT attempt, started_at, status_code, latency_ms, error_kind, error, response_body \
-             FROM delivery_attempts WHERE delivery_id = ?1 ORDER BY attempt, id",
+             FROM (SELECT attempt, started_at, status_code, latency_ms, error_kind, error, \
+                     response_body, 0 AS latest, id FROM delivery_attempts WHERE delivery_id = ?1 \
+                   UNION ALL \
+                   SELECT attempts, attempt_started_at, status_code, latency_ms, \
+                     attempt_error_kind, attempt_error, attempt_response_body, 1, id \
+                   FROM deliveries WHERE id = ?1 AND attempt_started_at IS NOT NULL) \
+             ORDER BY latest, attempt, id",
         )
         .bind(delivery_id)
         .fetch_all(&self.read)
@@ -742,17 +750,24 @@ impl Store for SqliteStore {
         // An attempt in the window finished after `since_ms`, so its delivery's
         // `last_attempt_at` did too: that bound keeps old deliveries out of the join. The
         // two halves match the two indexes (finished by time; pending by status).
+        // Attempts are in two places (migration 0004): the latest in the delivery's row,
+        // the earlier ones in `delivery_attempts`.
         let rows = sqlx::query(
-            "SELECT (a.started_at - ?2) / ?3 AS bucket, \
+            "WITH d AS ( \
+               SELECT id, attempt_started_at, attempt_error_kind, latency_ms FROM deliveries \
+                 WHERE webhook_id = ?1 AND status <> 'pending' AND last_attempt_at >= ?2 \
+               UNION ALL \
+               SELECT id, attempt_started_at, attempt_error_kind, latency_ms FROM deliveries \
+                 WHERE webhook_id = ?1 AND status = 'pending' AND last_attempt_at >= ?2) \
+             SELECT (a.started_at - ?2) / ?3 AS bucket, \
                COUNT(*) FILTER (WHERE a.error_kind IS NULL) AS ok, \
                COUNT(*) FILTER (WHERE a.error_kind IS NOT NULL) AS failed, \
                (AVG(a.latency_ms)) AS latency \
-             FROM (SELECT id FROM deliveries WHERE webhook_id = ?1 AND status <> 'pending' \
-                     AND last_attempt_at >= ?2 \
+             FROM (SELECT a.started_at, a.error_kind, a.latency_ms \
+                     FROM d JOIN delivery_attempts a ON a.delivery_id = d.id \
                    UNION ALL \
-                   SELECT id FROM deliveries WHERE webhook_id = ?1 AND status = 'pending' \
-                     AND last_attempt_at >= ?2) d \
-             JOIN delivery_attempts a ON a.delivery_id = d.id \
+                   SELECT attempt_started_at, attempt_error_kind, latency_ms FROM d \
+                     WHERE attempt_started_at IS NOT NULL) a \
              WHERE a.started_at >= ?2 \
              GROUP BY bucket ORDER BY bucket",
         )

@@ -8,17 +8,25 @@ use rusqlite::Connection;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::ConnectOptions as _;
 
+/// The columns of `table`, in order.
+fn columns(conn: &Connection, table: &str) -> Vec<String> {
+    conn.prepare(&format!(
+        "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
+    ))
+    .unwrap()
+    .query_map([], |row| row.get(0))
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
 /// Every row of `table`, each as one line of SQL literals, in id order.
 fn dump(conn: &Connection, table: &str) -> Vec<String> {
-    let columns: Vec<String> = conn
-        .prepare(&format!(
-            "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
-        ))
-        .unwrap()
-        .query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    dump_columns(conn, table, &columns(conn, table))
+}
+
+/// Every row of `table` as `dump` gives it, with only `columns`.
+fn dump_columns(conn: &Connection, table: &str, columns: &[String]) -> Vec<String> {
     let quoted: Vec<String> = columns.iter().map(|c| format!("quote({c})")).collect();
     let sql = format!(
         "SELECT {} FROM {table} ORDER BY id",
@@ -84,9 +92,12 @@ async fn upgrading_a_sqlite_file_keeps_every_delivery_and_attempt() {
         )
         .unwrap();
     }
-    let before = {
+    let (before, old_columns) = {
         let conn = Connection::open(&path).unwrap();
-        (dump(&conn, "deliveries"), dump(&conn, "delivery_attempts"))
+        (
+            (dump(&conn, "deliveries"), dump(&conn, "delivery_attempts")),
+            columns(&conn, "deliveries"),
+        )
     };
     assert_eq!((before.0.len(), before.1.len()), (3, 3));
 
@@ -110,8 +121,33 @@ async fn upgrading_a_sqlite_file_keeps_every_delivery_and_attempt() {
 
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
-    assert_eq!(dump(&conn, "deliveries"), before.0);
+    assert_eq!(dump_columns(&conn, "deliveries", &old_columns), before.0);
     assert_eq!(dump(&conn, "delivery_attempts"), before.1);
+    // Migration 0004's columns hold a delivery's latest attempt; old rows have theirs
+    // in `delivery_attempts`, so they are empty.
+    let added: Vec<String> = columns(&conn, "deliveries")
+        .into_iter()
+        .filter(|c| !old_columns.contains(c))
+        .collect();
+    assert_eq!(
+        added,
+        [
+            "attempt_started_at",
+            "attempt_error_kind",
+            "attempt_error",
+            "attempt_response_body"
+        ]
+    );
+    let filled: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM deliveries WHERE attempt_started_at IS NOT NULL \
+             OR attempt_error_kind IS NOT NULL OR attempt_error IS NOT NULL \
+             OR attempt_response_body IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(filled, 0);
     let integrity: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
