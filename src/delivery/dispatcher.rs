@@ -2,7 +2,7 @@
 //! global and per-endpoint bounds, and hands outcomes to one recorder that writes them in
 //! batches. Nothing holds a database transaction across the network.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ pub struct Dispatcher {
 /// Attempts in flight per webhook, shared by the loop and its tasks.
 #[derive(Default)]
 struct InFlight {
-    per_webhook: Mutex<HashMap<i64, usize>>,
+    per_webhook: Mutex<FxHashMap<i64, usize>>,
 }
 
 impl InFlight {

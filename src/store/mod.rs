@@ -7,7 +7,6 @@ pub mod secrets;
 pub mod sqlite;
 mod sqlite_writer;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -463,9 +462,9 @@ pub(crate) fn gone_reason(at_ms: i64) -> String {
 /// most `limit`, and per webhook no more than `per_endpoint` counting the attempts
 /// already in flight to it.
 pub(crate) struct ClaimPicker {
-    taken: HashMap<i64, usize>,
+    taken: rustc_hash::FxHashMap<i64, usize>,
     /// A delivery may be offered twice (the head of the due order, then its endpoint).
-    seen: std::collections::HashSet<i64>,
+    seen: rustc_hash::FxHashSet<i64>,
     per_endpoint: usize,
     limit: usize,
     picked: Vec<i64>,

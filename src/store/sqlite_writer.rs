@@ -12,7 +12,6 @@
 //! holds the leases of test deliveries the API sends itself, and claims skip them.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rustc_hash::FxHashMap;
 use tokio::sync::{oneshot, Notify};
 
 use super::{
@@ -76,7 +76,7 @@ enum Command {
 /// the lease runs out, as a claim in the row would be.
 #[derive(Default)]
 struct Claims {
-    leases: HashMap<i64, i64>,
+    leases: FxHashMap<i64, i64>,
     /// Turns since expired leases were last swept out.
     turns: u32,
 }
@@ -622,8 +622,8 @@ fn claim_due(
     )?;
     // A turn often holds one exploit for many webhooks and several deliveries for one
     // webhook: each body is built once, each webhook read and its secret opened once.
-    let mut bodies: HashMap<(i64, String), Bytes> = HashMap::new();
-    let mut targets: HashMap<i64, Target> = HashMap::new();
+    let mut bodies: FxHashMap<(i64, String), Bytes> = FxHashMap::default();
+    let mut targets: FxHashMap<i64, Target> = FxHashMap::default();
     let mut out = Vec::with_capacity(claimed.len());
     for id in claimed {
         let (webhook_id, event, payload, exploit_id, attempts, schedule_base) =
