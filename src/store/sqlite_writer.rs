@@ -339,10 +339,12 @@ impl Writer {
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut rows = 0;
             // A command that came in while this chunk was written ends the chunk at the
-            // exploit's end: a dispatcher turn waits one exploit, not a whole chunk.
+            // exploit's end once it holds a few hundred rows: a dispatcher turn waits about
+            // one exploit, not a whole chunk, and small exploits still share a commit.
             let mut arrived = None;
             while let Some((e, more)) = rest.split_first() {
-                if rows >= INGEST_CHUNK_ROWS || arrived.is_some() {
+                if rows >= INGEST_CHUNK_ROWS || (arrived.is_some() && rows >= INGEST_CHUNK_MIN_ROWS)
+                {
                     break;
                 }
                 let outcome = ingest_one(&tx, &targets, e, now)?;
@@ -350,7 +352,9 @@ impl Writer {
                 wrote |= !outcome.duplicate;
                 outcomes.push(outcome);
                 rest = more;
-                arrived = commands.try_recv().ok();
+                if arrived.is_none() {
+                    arrived = commands.try_recv().ok();
+                }
             }
             tx.commit()?;
             if !rest.is_empty() && rows > 0 {
@@ -706,6 +710,9 @@ fn claim_due(
 /// deliveries always commit together). A chunk takes a few milliseconds, the longest a
 /// dispatcher turn waits behind an ingest.
 const INGEST_CHUNK_ROWS: usize = 1024;
+/// Rows a chunk holds at least before a waiting command ends it: committing every
+/// exploit of one delivery each would cost a commit per row.
+const INGEST_CHUNK_MIN_ROWS: usize = 256;
 
 /// The webhooks an exploit may match, with their filters.
 fn ingest_targets(conn: &Connection) -> StoreResult<Vec<(i64, Filters)>> {
@@ -1067,21 +1074,17 @@ mod tests {
         assert_eq!(four[2].error_kind.as_deref(), Some("http_status"));
     }
 
-    /// A batch of four exploits for 700 webhooks is stored in chunks of whole exploits; a
-    /// claim sent while the first exploit is written ends that chunk at the exploit's end
-    /// and sees that exploit only, and the answer still holds every exploit, a duplicate
-    /// inside the batch included.
-    #[tokio::test]
-    async fn a_large_ingest_commits_in_chunks_of_whole_exploits_with_turns_between() {
-        const WEBHOOKS: usize = 700;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.db");
-        let store = store_with_webhooks(&path, WEBHOOKS).await;
-        let batch = [exploit(1), exploit(2), exploit(3), exploit(1), exploit(4)];
+    /// Ingests `batch` with a claim for everything due queued behind it before its first
+    /// row is written (another connection's write lock holds the ingest back until then,
+    /// however the threads happen to be scheduled). Returns the ingest's answer, what the
+    /// claim took, and whether the claim was answered first.
+    async fn ingest_with_a_claim_queued(
+        store: &Arc<dyn crate::store::Store>,
+        path: &Path,
+        batch: Vec<NewExploit>,
+    ) -> (Vec<IngestOutcome>, Vec<ClaimedDelivery>, bool) {
         let now = now_ms();
-        // Another connection's write lock holds the ingest back until the claim is
-        // queued behind it, however the threads happen to be scheduled.
-        let blocker = Connection::open(&path).unwrap();
+        let blocker = Connection::open(path).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
         let ingest = tokio::spawn({
             let store = store.clone();
@@ -1104,39 +1107,79 @@ mod tests {
         blocker.execute_batch("COMMIT").unwrap();
         let (ingested, ingest_done) = ingest.await.unwrap();
         let (claimed, claim_done) = claim.await.unwrap();
-        let outcomes = ingested.unwrap();
-        let claimed = claimed.unwrap();
-
-        assert_eq!(outcomes.len(), 5);
-        let matched: Vec<u32> = outcomes.iter().map(|o| o.matched).collect();
-        assert_eq!(matched, [700, 700, 700, 0, 700]);
-        assert!(outcomes[3].duplicate && outcomes[3].id == outcomes[0].id);
-        assert!(
+        (
+            ingested.unwrap(),
+            claimed.unwrap(),
             claim_done < ingest_done,
-            "the claim ran before the ingest ended"
-        );
-        // Without the claim the first chunk would be two exploits (1,402 rows); the claim
-        // waited for the first exploit only, and saw all of it.
-        let first: Vec<i64> = outcomes[..1].iter().map(|o| o.id).collect();
-        assert_eq!(claimed.len(), WEBHOOKS, "{} claimed", claimed.len());
-        let ids: std::collections::HashSet<i64> = claimed
+        )
+    }
+
+    /// The exploit ids of claimed deliveries.
+    fn exploit_ids(claimed: &[ClaimedDelivery]) -> std::collections::BTreeSet<i64> {
+        claimed
             .iter()
             .map(|d| {
                 let v: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
                 v["exploit"]["id"].as_i64().unwrap()
             })
-            .collect();
-        assert!(
-            ids.iter().all(|id| first.contains(id)),
-            "{ids:?} vs {first:?}"
-        );
+            .collect()
+    }
 
-        // All of it is there afterwards, and claimable once.
-        let rest = store
+    async fn claim_the_rest(store: &Arc<dyn crate::store::Store>) -> usize {
+        let now = now_ms();
+        store
             .claim_due_deliveries(now + 1000, now + 60_000, 5000, 5000, &[])
             .await
-            .unwrap();
-        assert_eq!(rest.len(), 3 * WEBHOOKS);
+            .unwrap()
+            .len()
+    }
+
+    /// A batch of four exploits for 700 webhooks is stored in chunks of whole exploits; a
+    /// claim sent while the first exploit is written ends that chunk at the exploit's end
+    /// and sees that exploit only, and the answer still holds every exploit, a duplicate
+    /// inside the batch included.
+    #[tokio::test]
+    async fn a_large_ingest_commits_in_chunks_of_whole_exploits_with_turns_between() {
+        const WEBHOOKS: usize = 700;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = store_with_webhooks(&path, WEBHOOKS).await;
+        let batch = vec![exploit(1), exploit(2), exploit(3), exploit(1), exploit(4)];
+        let (outcomes, claimed, claim_first) =
+            ingest_with_a_claim_queued(&store, &path, batch).await;
+
+        assert_eq!(outcomes.len(), 5);
+        let matched: Vec<u32> = outcomes.iter().map(|o| o.matched).collect();
+        assert_eq!(matched, [700, 700, 700, 0, 700]);
+        assert!(outcomes[3].duplicate && outcomes[3].id == outcomes[0].id);
+        assert!(claim_first, "the claim ran before the ingest ended");
+        // Without the claim the first chunk would be two exploits (1,402 rows); the claim
+        // waited for the first exploit only, and saw all of it.
+        assert_eq!(claimed.len(), WEBHOOKS, "{} claimed", claimed.len());
+        assert_eq!(exploit_ids(&claimed), [outcomes[0].id].into());
+
+        // All of it is there afterwards, and claimable once.
+        assert_eq!(claim_the_rest(&store).await, 3 * WEBHOOKS);
+    }
+
+    /// Small exploits (51 rows each) still share a commit while a claim waits: the chunk
+    /// ends at the first exploit's end past 256 rows, the sixth.
+    #[tokio::test]
+    async fn a_waiting_claim_ends_a_chunk_of_small_exploits_only_past_its_minimum() {
+        const WEBHOOKS: usize = 50;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = store_with_webhooks(&path, WEBHOOKS).await;
+        let batch: Vec<NewExploit> = (1..=10).map(exploit).collect();
+        let (outcomes, claimed, claim_first) =
+            ingest_with_a_claim_queued(&store, &path, batch).await;
+
+        assert!(claim_first, "the claim ran before the ingest ended");
+        assert_eq!(claimed.len(), 6 * WEBHOOKS, "{} claimed", claimed.len());
+        let first_six: std::collections::BTreeSet<i64> =
+            outcomes[..6].iter().map(|o| o.id).collect();
+        assert_eq!(exploit_ids(&claimed), first_six);
+        assert_eq!(claim_the_rest(&store).await, 4 * WEBHOOKS);
     }
 }
 
