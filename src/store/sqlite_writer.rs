@@ -13,7 +13,6 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -777,29 +776,20 @@ fn ingest_one(
             matched: 0,
         });
     };
-    // One statement for all of the exploit's deliveries: per row, binding and stepping a
-    // statement of its own cost about as much as the row's own B-tree inserts.
-    let mut insert_deliveries = tx.prepare_cached(
+    // A statement per row: one `INSERT ... SELECT ... FROM json_each(?)` per exploit was
+    // 5% faster for exploits of 1,000 deliveries and a third slower for exploits of 50
+    // (filling the `logs` bench: 40 s against 30 s).
+    let mut insert_delivery = tx.prepare_cached(
         "INSERT INTO deliveries (webhook_id, exploit_id, event, status, next_attempt_at, created_at) \
-         SELECT value, ?1, ?2, 'pending', ?3, ?3 FROM json_each(?4)",
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
     )?;
     let facts = e.facts();
-    let mut matched = 0u32;
-    let mut ids = String::with_capacity(2 + 8 * targets.len());
-    ids.push('[');
+    let mut matched = 0;
     for (webhook_id, filters) in targets {
         if filters.matches(&facts) {
-            if matched > 0 {
-                ids.push(',');
-            }
-            let _ = write!(ids, "{webhook_id}");
+            insert_delivery.execute(params![webhook_id, id, EVENT_EXPLOIT_DETECTED, now])?;
             matched += 1;
         }
-    }
-    ids.push(']');
-    if matched > 0 {
-        let inserted = insert_deliveries.execute(params![id, EVENT_EXPLOIT_DETECTED, now, ids])?;
-        debug_assert_eq!(inserted, matched as usize);
     }
     Ok(IngestOutcome {
         id,
