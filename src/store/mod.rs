@@ -270,19 +270,19 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> StoreResult<Vec<HealthFigures>>;
 
-    /// Claims up to `limit` due deliveries until `lease_until`. A webhook with `n`
-    /// attempts already in flight here (listed in `in_flight`) gets at most
-    /// `per_endpoint - n` more. Deliveries of webhooks that are no longer active are
-    /// finished as failed instead.
+    /// Claims up to `limit` due deliveries until `lease_until`. A webhook listed in
+    /// `room` gets at most the number beside it (what its bound leaves beside the claims
+    /// this process holds for it), any other at most `per_endpoint`. Deliveries of
+    /// webhooks that are no longer active are finished as failed instead.
     async fn claim_due_deliveries(
         &self,
         now_ms: i64,
         lease_until_ms: i64,
         limit: usize,
         per_endpoint: usize,
-        in_flight: &[(i64, usize)],
+        room: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        self.record_and_claim(&[], now_ms, lease_until_ms, limit, per_endpoint, in_flight)
+        self.record_and_claim(&[], now_ms, lease_until_ms, limit, per_endpoint, room)
             .await
     }
 
@@ -309,7 +309,7 @@ pub trait Store: Send + Sync + 'static {
         lease_until_ms: i64,
         limit: usize,
         per_endpoint: usize,
-        in_flight: &[(i64, usize)],
+        room: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>>;
 
     /// Pending deliveries, for the queue-depth gauge.
@@ -462,7 +462,8 @@ pub(crate) fn gone_reason(at_ms: i64) -> String {
 /// most `limit`, and per webhook no more than `per_endpoint` counting the attempts
 /// already in flight to it.
 pub(crate) struct ClaimPicker {
-    taken: rustc_hash::FxHashMap<i64, usize>,
+    /// What each webhook may still take; one not listed takes up to `per_endpoint`.
+    room: rustc_hash::FxHashMap<i64, usize>,
     /// A delivery may be offered twice (the head of the due order, then its endpoint).
     seen: rustc_hash::FxHashSet<i64>,
     per_endpoint: usize,
@@ -471,9 +472,9 @@ pub(crate) struct ClaimPicker {
 }
 
 impl ClaimPicker {
-    pub(crate) fn new(in_flight: &[(i64, usize)], per_endpoint: usize, limit: usize) -> Self {
+    pub(crate) fn new(room: &[(i64, usize)], per_endpoint: usize, limit: usize) -> Self {
         ClaimPicker {
-            taken: in_flight.iter().copied().collect(),
+            room: room.iter().copied().collect(),
             seen: Default::default(),
             per_endpoint,
             limit,
@@ -486,9 +487,9 @@ impl ClaimPicker {
         if self.is_full() {
             return false;
         }
-        let n = self.taken.entry(webhook_id).or_default();
-        if *n < self.per_endpoint && self.seen.insert(id) {
-            *n += 1;
+        let room = self.room.entry(webhook_id).or_insert(self.per_endpoint);
+        if *room > 0 && self.seen.insert(id) {
+            *room -= 1;
             self.picked.push(id);
         }
         !self.is_full()
@@ -496,7 +497,9 @@ impl ClaimPicker {
 
     /// Whether the webhook can take one more.
     pub(crate) fn has_room(&self, webhook_id: i64) -> bool {
-        self.taken.get(&webhook_id).copied().unwrap_or(0) < self.per_endpoint
+        self.room
+            .get(&webhook_id)
+            .map_or(self.per_endpoint > 0, |room| *room > 0)
     }
 
     pub(crate) fn is_full(&self) -> bool {
@@ -515,11 +518,11 @@ mod tests {
     /// [`ClaimPicker`] over a whole list.
     fn pick_claims(
         due: &[(i64, i64)],
-        in_flight: &[(i64, usize)],
+        room: &[(i64, usize)],
         per_endpoint: usize,
         limit: usize,
     ) -> Vec<i64> {
-        let mut picker = ClaimPicker::new(in_flight, per_endpoint, limit);
+        let mut picker = ClaimPicker::new(room, per_endpoint, limit);
         for &(id, webhook_id) in due {
             if !picker.offer(id, webhook_id) {
                 break;
@@ -530,7 +533,8 @@ mod tests {
 
     #[test]
     fn pick_claims_respects_the_endpoint_bound_and_the_limit() {
-        // Webhook 1 has 3 due, webhook 2 has 2 due and 1 in flight, webhook 3 is full.
+        // Webhook 1 has 3 due, webhook 2 has 2 due and room for 1, webhook 3 none;
+        // webhook 4 has room for 3, more than the bound of the unlisted.
         let due = [
             (10, 1),
             (11, 2),
@@ -539,11 +543,19 @@ mod tests {
             (14, 2),
             (15, 1),
             (16, 4),
+            (17, 4),
+            (18, 4),
+            (19, 4),
         ];
-        let in_flight = [(2, 1), (3, 2)];
-        assert_eq!(pick_claims(&due, &in_flight, 2, 10), vec![10, 11, 12, 16]);
-        assert_eq!(pick_claims(&due, &in_flight, 2, 2), vec![10, 11]);
+        let room = [(2, 1), (3, 0), (4, 3)];
+        assert_eq!(
+            pick_claims(&due, &room, 2, 10),
+            vec![10, 11, 12, 16, 17, 18]
+        );
+        assert_eq!(pick_claims(&due, &room, 2, 2), vec![10, 11]);
         assert_eq!(pick_claims(&due, &[], 1, 10), vec![10, 11, 13, 16]);
+        let picker = ClaimPicker::new(&room, 2, 10);
+        assert!(picker.has_room(1) && picker.has_room(2) && !picker.has_room(3));
         assert!(pick_claims(&due, &[], 0, 10).is_empty());
         // Offered twice (head of the due order, then by endpoint): taken once.
         let twice = [(10, 1), (11, 1), (10, 1), (12, 1)];

@@ -139,14 +139,14 @@ impl PgStore {
         lease_until_ms: i64,
         limit: usize,
         per_endpoint: usize,
-        in_flight: &[(i64, usize)],
+        room: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         // The head of the due order, locked and bounded: behind a deep queue of an
         // endpoint without room, excluding it in SQL would read its whole queue on every
-        // turn. Each endpoint gets at most `per_endpoint` counting what is in flight.
+        // turn. Each endpoint gets at most the room the dispatcher gives it.
         let bound = (limit * 8).max(HEAD_SCAN_MIN);
         let head: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT id, webhook_id FROM deliveries \
@@ -159,7 +159,7 @@ impl PgStore {
         .bind(bound as i64)
         .fetch_all(&mut **tx)
         .await?;
-        let mut picker = ClaimPicker::new(in_flight, per_endpoint, limit);
+        let mut picker = ClaimPicker::new(room, per_endpoint, limit);
         for &(id, webhook_id) in &head {
             if !picker.offer(id, webhook_id) {
                 break;
@@ -875,19 +875,12 @@ impl Store for PgStore {
         lease_until_ms: i64,
         limit: usize,
         per_endpoint: usize,
-        in_flight: &[(i64, usize)],
+        room: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
         let mut tx = self.hot_transaction().await?;
         if records.is_empty() {
             let claimed = self
-                .claim_in(
-                    &mut tx,
-                    now_ms,
-                    lease_until_ms,
-                    limit,
-                    per_endpoint,
-                    in_flight,
-                )
+                .claim_in(&mut tx, now_ms, lease_until_ms, limit, per_endpoint, room)
                 .await?;
             tx.commit().await?;
             return Ok(claimed);
@@ -903,7 +896,7 @@ impl Store for PgStore {
                 lease_until_ms,
                 limit,
                 per_endpoint,
-                in_flight,
+                room,
             )
             .await
         {

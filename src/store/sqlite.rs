@@ -553,14 +553,14 @@ impl Store for SqliteStore {
         lease_until_ms: i64,
         limit: usize,
         per_endpoint: usize,
-        in_flight: &[(i64, usize)],
+        room: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
         let claim = Claim {
             now_ms,
             lease_until_ms,
             limit,
             per_endpoint,
-            in_flight: in_flight.to_vec(),
+            room: room.to_vec(),
         };
         self.hot.turn(records, Some(claim)).await
     }

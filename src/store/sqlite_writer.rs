@@ -44,7 +44,7 @@ pub(super) struct Claim {
     pub lease_until_ms: i64,
     pub limit: usize,
     pub per_endpoint: usize,
-    pub in_flight: Vec<(i64, usize)>,
+    pub room: Vec<(i64, usize)>,
 }
 
 enum Command {
@@ -577,7 +577,7 @@ fn claim_due(
     // full. The scan is bounded: behind a deep queue of an endpoint without room (down,
     // or slow) it would otherwise read the whole queue on every turn. The deliveries in
     // flight are at the head too, passed over, so they get room of their own.
-    let mut picker = ClaimPicker::new(&c.in_flight, c.per_endpoint, c.limit);
+    let mut picker = ClaimPicker::new(&c.room, c.per_endpoint, c.limit);
     let bound = (c.limit * 8).max(HEAD_SCAN_MIN) + claims.len();
     let mut scanned = 0;
     {
@@ -901,7 +901,7 @@ mod tests {
                 lease_until_ms: now + 60_000,
                 limit: 1000,
                 per_endpoint: 1000,
-                in_flight: Vec::new(),
+                room: Vec::new(),
             };
             let claimed = hot.turn(&records, Some(claim)).await.unwrap();
             assert_eq!(claimed.len(), 100);
@@ -1255,7 +1255,7 @@ mod timing {
                 lease_until_ms: now + 60_000,
                 limit: 80,
                 per_endpoint: 16,
-                in_flight: Vec::new(),
+                room: Vec::new(),
             };
             let claimed = hot.turn(&records, Some(claim)).await.unwrap();
             delivered += records.len();

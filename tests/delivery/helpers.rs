@@ -76,6 +76,9 @@ pub struct TestApp {
     /// The database the app runs on, whichever the backend.
     pub database_url: String,
     pub shutdown: CancellationToken,
+    /// The application's run, to wait for its end; and what it was built from.
+    running: Option<tokio::task::JoinHandle<()>>,
+    config: Config,
     // Declared before the directory: fields drop in order, the database first.
     _db: TestDatabase,
     _dir: TempDir,
@@ -116,27 +119,47 @@ pub async fn spawn_app(receiver: &TestReceiver, configure: impl FnOnce(&mut Conf
     config.database_url = db.url.clone();
     configure(&mut config);
     let database_url = config.database_url.clone();
-
-    let app = Application::build(config)
-        .await
-        .expect("the application builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        if let Err(error) = app.run_until_stopped(stop).await {
-            eprintln!("application stopped with an error: {error:#}");
-        }
-    });
-
+    let (address, shutdown, running) = start(config.clone()).await;
     TestApp {
         address,
         admin_token,
         client: api_client(),
         database_url,
         shutdown,
+        running: Some(running),
+        config,
         _db: db,
         _dir: dir,
+    }
+}
+
+async fn start(config: Config) -> (String, CancellationToken, tokio::task::JoinHandle<()>) {
+    let app = Application::build(config)
+        .await
+        .expect("the application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let running = tokio::spawn(async move {
+        if let Err(error) = app.run_until_stopped(stop).await {
+            eprintln!("application stopped with an error: {error:#}");
+        }
+    });
+    (address, shutdown, running)
+}
+
+impl TestApp {
+    /// Stops the application as a shutdown signal would, waits until it has, and
+    /// starts it again on the same database (on another port).
+    pub async fn restart(&mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.await.expect("the application's task");
+        }
+        let (address, shutdown, running) = start(self.config.clone()).await;
+        self.address = address;
+        self.shutdown = shutdown;
+        self.running = Some(running);
     }
 }
 

@@ -11,6 +11,7 @@
 #[path = "../common/backend.rs"]
 mod backend;
 
+mod catching_up;
 mod endpoints;
 mod helpers;
 mod isolation;

@@ -170,6 +170,8 @@ struct Shared {
     answered: Mutex<HashMap<String, usize>>,
     /// Requests whose reply is not sent yet (delayed or black-holed).
     pending: AtomicUsize,
+    /// The most requests ever pending at once.
+    peak_pending: AtomicUsize,
     /// Connections currently open.
     connections: AtomicUsize,
 }
@@ -330,6 +332,11 @@ impl TestReceiver {
         self.shared.pending.load(Ordering::SeqCst)
     }
 
+    /// The most requests whose reply was held back at one time.
+    pub fn peak_held(&self) -> usize {
+        self.shared.peak_pending.load(Ordering::SeqCst)
+    }
+
     /// Connections currently open.
     pub fn open_connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
@@ -438,7 +445,8 @@ async fn handle(
         body,
     });
 
-    shared.pending.fetch_add(1, Ordering::SeqCst);
+    let now_pending = shared.pending.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.peak_pending.fetch_max(now_pending, Ordering::SeqCst);
     let held = Decrement(&shared.pending);
     if reply.hang {
         std::future::pending::<()>().await;

@@ -84,8 +84,8 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
         );
     }
     report.note(format!(
-        "one endpoint: the drain is bounded by max_in_flight_per_endpoint ({}); RSS is the \
-         whole bench process{}",
+        "one endpoint, {} attempts at a time (max_in_flight_per_endpoint); RSS is the whole \
+         bench process{}",
         env.max_in_flight_per_endpoint,
         if windowed {
             ""
