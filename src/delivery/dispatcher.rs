@@ -38,6 +38,9 @@ const QUEUE_PER_SLOT: usize = 8;
 /// An endpoint answers quickly enough to be given a queue: a queued delivery then waits
 /// at most `QUEUE_PER_SLOT` such answers.
 const QUICK_ANSWER: Duration = Duration::from_millis(100);
+/// How long a delivery may wait in an endpoint's queue: about `QUEUE_PER_SLOT` quick
+/// answers.
+const QUEUE_AGE_MAX: Duration = Duration::from_secs(1);
 /// How long an endpoint that answered quickly keeps its queue with nothing claimed.
 const REMEMBER_IDLE: Duration = Duration::from_secs(1);
 /// What a queued delivery's lease must still cover beyond one delivery timeout.
@@ -55,7 +58,8 @@ pub struct Dispatcher {
 struct Queued {
     delivery: ClaimedDelivery,
     permit: OwnedSemaphorePermit,
-    lease_until_ms: i64,
+    /// Sent only until then (ms); given back after.
+    send_by_ms: i64,
 }
 
 /// This process's claims per webhook, shared by the loop and its tasks.
@@ -71,8 +75,8 @@ struct Endpoints {
     cap: usize,
     /// Claims a quickly answering webhook may hold beside those in flight.
     queue: usize,
-    /// A queued delivery is sent only if its lease still covers a whole attempt with
-    /// this to spare; otherwise it is given back.
+    /// A queued delivery is sent only while its lease still covers a whole attempt with
+    /// this to spare.
     lease_margin_ms: i64,
     per_webhook: Mutex<FxHashMap<i64, Endpoint>>,
 }
@@ -138,10 +142,15 @@ impl Endpoints {
             e.full |= e.sending == self.cap;
             Placement::Send(d, permit)
         } else if e.sending + e.queued.len() < self.bound(e) {
+            // The claim checked that the webhook is active: a queued delivery goes out
+            // within `QUEUE_AGE_MAX` of it, so one deactivated or deleted meanwhile gets
+            // little more than what was in flight, and its lease still covers an attempt.
+            let send_by_ms = (now_ms() + QUEUE_AGE_MAX.as_millis() as i64)
+                .min(lease_until_ms - self.lease_margin_ms);
             e.queued.push_back(Queued {
                 delivery: d,
                 permit,
-                lease_until_ms,
+                send_by_ms,
             });
             Placement::Queued
         } else {
@@ -169,7 +178,7 @@ impl Endpoints {
         let now = now_ms();
         if succeeded && !stopping {
             while let Some(q) = e.queued.pop_front() {
-                if q.lease_until_ms - now > self.lease_margin_ms {
+                if now <= q.send_by_ms {
                     e.sending += 1;
                     next = Some(q);
                     break;
@@ -740,6 +749,25 @@ mod tests {
         let (next, back) = e.finish(1, true, false);
         assert_eq!(ids(&back), vec![12]);
         assert_eq!(next.map(|q| q.delivery.id), Some(13));
+    }
+
+    #[test]
+    fn a_delivery_queued_for_longer_than_its_age_limit_is_given_back_not_sent() {
+        let e = endpoints();
+        let permits = Arc::new(Semaphore::new(100));
+        place(&e, &permits, 1..3, now_ms() + 60_000);
+        e.finish(1, true, false);
+        place(&e, &permits, 10..13, now_ms() + 60_000);
+        {
+            let mut map = e.per_webhook.lock().unwrap();
+            let q = &mut map.get_mut(&1).unwrap().queued;
+            assert!(q.iter().all(|q| q.send_by_ms <= now_ms() + 1_000));
+            // Claimed over a second ago, as if the endpoint's answers had slowed down.
+            q[0].send_by_ms = now_ms() - 1;
+        }
+        let (next, back) = e.finish(1, true, false);
+        assert_eq!(ids(&back), vec![11]);
+        assert_eq!(next.map(|q| q.delivery.id), Some(12));
     }
 
     #[test]
