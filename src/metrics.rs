@@ -8,6 +8,7 @@ pub const ATTEMPTS_TOTAL: &str = "kamiyo_delivery_attempts_total";
 pub const LATENCY_SECONDS: &str = "kamiyo_delivery_latency_seconds";
 pub const QUEUE_DEPTH: &str = "kamiyo_delivery_queue_depth";
 pub const IN_FLIGHT: &str = "kamiyo_deliveries_in_flight";
+pub const QUEUED: &str = "kamiyo_deliveries_queued";
 pub const INGESTED_TOTAL: &str = "kamiyo_exploits_ingested_total";
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -56,5 +57,9 @@ fn describe() {
     );
     metrics::describe_gauge!(QUEUE_DEPTH, "Pending deliveries");
     metrics::describe_gauge!(IN_FLIGHT, "Delivery attempts in flight in this process");
+    metrics::describe_gauge!(
+        QUEUED,
+        "Deliveries claimed by this process and queued behind an endpoint's attempts"
+    );
     metrics::describe_counter!(INGESTED_TOTAL, "Exploits ingested (not duplicates)");
 }

@@ -5,6 +5,7 @@
 
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,6 +80,8 @@ struct Endpoints {
     /// this to spare.
     lease_margin_ms: i64,
     per_webhook: Mutex<FxHashMap<i64, Endpoint>>,
+    /// Deliveries queued over all webhooks, for the gauge.
+    queued: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -117,6 +120,7 @@ impl Endpoints {
             },
             lease_margin_ms: margin.as_millis() as i64,
             per_webhook: Mutex::default(),
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -152,6 +156,7 @@ impl Endpoints {
                 permit,
                 send_by_ms,
             });
+            self.queued.fetch_add(1, Ordering::Relaxed);
             Placement::Queued
         } else {
             Placement::Excess(d.id)
@@ -173,6 +178,7 @@ impl Endpoints {
         };
         e.sending -= 1;
         e.answering = succeeded;
+        let queued = e.queued.len();
         let mut next = None;
         let mut give_back = Vec::new();
         let now = now_ms();
@@ -188,6 +194,8 @@ impl Endpoints {
         } else {
             give_back.extend(e.queued.drain(..));
         }
+        self.queued
+            .fetch_sub(queued - e.queued.len(), Ordering::Relaxed);
         if e.sending == 0 && e.queued.is_empty() {
             if e.answering && e.full {
                 e.idle_since = Some(now);
@@ -382,9 +390,11 @@ impl Dispatcher {
                 }
             }
             metrics::gauge!(m::IN_FLIGHT).set(tasks.len() as f64);
+            metrics::gauge!(m::QUEUED).set(endpoints.queued.load(Ordering::Relaxed) as f64);
         }
 
         metrics::gauge!(m::IN_FLIGHT).set(0.0);
+        metrics::gauge!(m::QUEUED).set(0.0);
         tracing::info!("delivery workers stopped");
     }
 
@@ -669,6 +679,7 @@ mod tests {
             100 - queue,
             "queued claims hold permits"
         );
+        assert_eq!(e.queued.load(Ordering::Relaxed), queue);
         // Each ended attempt takes the oldest queued delivery over: never more than
         // `CAP` in flight.
         for expected in 11..10 + n {
@@ -678,6 +689,7 @@ mod tests {
         }
         assert_eq!(e.finish(1, true, false).0.map(|q| q.delivery.id), None);
         assert_eq!(e.room(), vec![(1, 1 + queue)]);
+        assert_eq!(e.queued.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -727,6 +739,7 @@ mod tests {
             let (next, back) = e.finish(1, succeeded, stopping);
             assert!(next.is_none());
             assert_eq!(ids(&back), vec![11, 12, 13, 14]);
+            assert_eq!(e.queued.load(Ordering::Relaxed), 0);
             let bound = if succeeded {
                 CAP + QUEUE_PER_SLOT * CAP
             } else {

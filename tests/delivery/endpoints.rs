@@ -195,6 +195,7 @@ async fn the_metrics_endpoint_names_the_delivery_metrics() {
         "kamiyo_delivery_latency_seconds",
         "kamiyo_delivery_queue_depth",
         "kamiyo_deliveries_in_flight",
+        "kamiyo_deliveries_queued",
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
