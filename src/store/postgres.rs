@@ -248,7 +248,6 @@ impl PgStore {
 
     async fn record_in(&self, tx: &mut Tx<'_>, records: &[AttemptRecord]) -> StoreResult<()> {
         let ids: Vec<i64> = records.iter().map(|r| r.delivery_id).collect();
-        let attempts: Vec<i64> = records.iter().map(|r| r.attempt).collect();
         let started: Vec<i64> = records.iter().map(|r| r.started_at_ms).collect();
         let finished: Vec<i64> = records
             .iter()
@@ -277,10 +276,14 @@ impl PgStore {
         // The webhooks first (health figures), then their deliveries: the order in which
         // changing a webhook (deactivate, delete) takes them. In the other order the two
         // could deadlock, and PostgreSQL would abort one of them, perhaps the user's
-        // request. The CTE locks the rows in id order before the update touches them.
+        // request. The CTE locks the rows in id order before the update touches them,
+        // in the mode the update takes: FOR UPDATE would also conflict with the key-share
+        // locks that ingest's foreign-key checks take on the same webhooks, and ingest
+        // takes those in its own order (seen as a deadlock and a 500 to an ingest call
+        // in about one `throughput` bench run in five).
         sqlx::query(
             "WITH locked AS MATERIALIZED (SELECT id FROM webhooks WHERE id = ANY ($1::bigint[]) \
-               ORDER BY id FOR UPDATE) \
+               ORDER BY id FOR NO KEY UPDATE) \
              UPDATE webhooks w SET \
              consecutive_failures = CASE WHEN v.reset THEN v.failures ELSE w.consecutive_failures + v.failures END, \
              last_success_at = COALESCE(v.ok_at, w.last_success_at), \
@@ -299,33 +302,21 @@ impl PgStore {
         .execute(&mut **tx)
         .await?;
 
-        sqlx::query(
-            "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
-             error_kind, error, response_body) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-               $6::text[], $7::text[], $8::text[])",
-        )
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&started)
-        .bind(&codes)
-        .bind(&latencies)
-        .bind(&kinds)
-        .bind(&errors)
-        .bind(&bodies)
-        .execute(&mut **tx)
-        .await?;
-        // A delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
+        // The attempt goes into the row (migration 0002); the row's trigger moves the
+        // attempt it held before, if any, to `delivery_attempts`. A delivery stopped
+        // meanwhile (webhook deleted or deactivated) stays failed.
         sqlx::query(
             "UPDATE deliveries d SET attempts = d.attempts + 1, last_attempt_at = v.finished, \
              sent_at = COALESCE(d.sent_at, v.started), status_code = v.code, latency_ms = v.latency, \
              error = v.error, locked_until = NULL, \
              status = CASE WHEN d.status = 'pending' THEN v.status ELSE d.status END, \
              next_attempt_at = CASE WHEN d.status = 'pending' THEN v.next_at ELSE NULL END, \
-             delivered_at = COALESCE(v.delivered, d.delivered_at) \
+             delivered_at = COALESCE(v.delivered, d.delivered_at), \
+             attempt_started_at = v.started, attempt_error_kind = v.kind, attempt_error = v.error, \
+             attempt_response_body = v.body \
              FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], \
-               $7::text[], $8::bigint[], $9::bigint[]) \
-               AS v (id, finished, started, code, latency, error, status, next_at, delivered) \
+               $7::text[], $8::bigint[], $9::bigint[], $10::text[], $11::text[]) \
+               AS v (id, finished, started, code, latency, error, status, next_at, delivered, kind, body) \
              WHERE d.id = v.id",
         )
         .bind(&ids)
@@ -337,6 +328,8 @@ impl PgStore {
         .bind(&statuses)
         .bind(&next_at)
         .bind(&delivered)
+        .bind(&kinds)
+        .bind(&bodies)
         .execute(&mut **tx)
         .await?;
         for r in records.iter().filter(|r| r.result == AttemptResult::Gone) {
@@ -946,9 +939,17 @@ impl Store for PgStore {
                 .fetch_one(&self.pool)
                 .await?,
         )?;
+        // The earlier attempts, then the latest, which the row itself holds (migration
+        // 0002; rows written before it have every attempt in `delivery_attempts`).
         let attempts = sqlx::query(
             "SELECT attempt, started_at, status_code, latency_ms, error_kind, error, response_body \
-             FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt, id",
+             FROM (SELECT attempt, started_at, status_code, latency_ms, error_kind, error, \
+                     response_body, 0 AS latest, id FROM delivery_attempts WHERE delivery_id = $1 \
+                   UNION ALL \
+                   SELECT attempts, attempt_started_at, status_code, latency_ms, \
+                     attempt_error_kind, attempt_error, attempt_response_body, 1, id \
+                   FROM deliveries WHERE id = $1 AND attempt_started_at IS NOT NULL) a \
+             ORDER BY latest, attempt, id",
         )
         .bind(delivery_id)
         .fetch_all(&self.pool)
@@ -1065,17 +1066,24 @@ impl Store for PgStore {
         // An attempt in the window finished after `since_ms`, so its delivery's
         // `last_attempt_at` did too: that bound keeps old deliveries out of the join. The
         // two halves match the two indexes (finished by time; pending by status).
+        // Attempts are in two places (migration 0002): the latest in the delivery's row,
+        // the earlier ones in `delivery_attempts`.
         let rows = sqlx::query(
-            "SELECT (a.started_at - $2) / $3 AS bucket, \
+            "WITH d AS MATERIALIZED ( \
+               SELECT id, attempt_started_at, attempt_error_kind, latency_ms FROM deliveries \
+                 WHERE webhook_id = $1 AND status <> 'pending' AND last_attempt_at >= $2 \
+               UNION ALL \
+               SELECT id, attempt_started_at, attempt_error_kind, latency_ms FROM deliveries \
+                 WHERE webhook_id = $1 AND status = 'pending' AND last_attempt_at >= $2) \
+             SELECT (a.started_at - $2) / $3 AS bucket, \
                COUNT(*) FILTER (WHERE a.error_kind IS NULL) AS ok, \
                COUNT(*) FILTER (WHERE a.error_kind IS NOT NULL) AS failed, \
                (AVG(a.latency_ms))::float8 AS latency \
-             FROM (SELECT id FROM deliveries WHERE webhook_id = $1 AND status <> 'pending' \
-                     AND last_attempt_at >= $2 \
+             FROM (SELECT a.started_at, a.error_kind, a.latency_ms \
+                     FROM d JOIN delivery_attempts a ON a.delivery_id = d.id \
                    UNION ALL \
-                   SELECT id FROM deliveries WHERE webhook_id = $1 AND status = 'pending' \
-                     AND last_attempt_at >= $2) d \
-             JOIN delivery_attempts a ON a.delivery_id = d.id \
+                   SELECT attempt_started_at, attempt_error_kind, latency_ms FROM d \
+                     WHERE attempt_started_at IS NOT NULL) a \
              WHERE a.started_at >= $2 \
              GROUP BY bucket ORDER BY bucket",
         )

@@ -12,6 +12,7 @@
 mod backend;
 
 mod catching_up;
+mod concurrency;
 mod endpoints;
 mod helpers;
 mod isolation;

@@ -1,5 +1,6 @@
-//! Schema migrations of a SQLite file that already holds data: the real binary's
-//! `migrate` upgrades it without losing or changing a row.
+//! Schema migrations of a database that already holds data (a SQLite file; a PostgreSQL
+//! database when one is named): the real binary's `migrate` upgrades it without losing or
+//! changing a row.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -244,4 +245,139 @@ async fn upgrading_a_sqlite_file_keeps_every_delivery_and_attempt() {
     )
     .unwrap();
     assert_eq!(conn.last_insert_rowid(), 4);
+}
+
+/// Attempts of delivery 1 in `delivery_attempts`.
+async fn history(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM delivery_attempts WHERE delivery_id = 1")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// Runs the real binary's `migrate` against `database_url`.
+async fn migrate_with_the_binary(database_url: &str) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kamiyo-webhooks"))
+        .arg("migrate")
+        .env("KAMIYO_DATABASE_URL", database_url)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "migrate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A failed attempt of delivery 1 (webhook 1) numbered `attempt`, as a worker records it.
+fn failed_attempt(attempt: i64, started_at_ms: i64) -> kamiyo_webhooks::store::AttemptRecord {
+    kamiyo_webhooks::store::AttemptRecord {
+        delivery_id: 1,
+        webhook_id: 1,
+        attempt,
+        started_at_ms,
+        latency_ms: 3,
+        status_code: Some(503),
+        error_kind: Some("http_status"),
+        error: Some("HTTP 503".into()),
+        response_body: Some(format!("busy {attempt}")),
+        result: kamiyo_webhooks::store::AttemptResult::RetryAt(started_at_ms + 1_000),
+    }
+}
+
+/// PostgreSQL's migration 0002 moves a delivery's latest attempt into its row: rows of
+/// the first release keep every attempt in `delivery_attempts`, and the attempt log reads
+/// both places, in order, across the upgrade.
+async fn upgrading_a_postgres_database_keeps_every_attempt_in_the_log() {
+    use kamiyo_webhooks::domain::secretbox::SecretCodec;
+    use kamiyo_webhooks::store;
+    use sqlx::Connection as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::backend::TestDatabase::create(dir.path(), "old").await;
+    let first = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/postgres/0001_init.sql"
+        ),
+        first.path().join("0001_init.sql"),
+    )
+    .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::migrate::Migrator::new(first.path())
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO users (name, tier, created_at) VALUES ('fund', 'enterprise', 1);
+         INSERT INTO webhooks (user_id, name, url, is_active, secret, created_at, updated_at)
+           VALUES (1, 'a', 'https://a.example/hook', TRUE, 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 1, 1);
+         INSERT INTO exploits (dedup_key, tx_hash, chain, protocol, amount_usd, timestamp, detected_at)
+           VALUES (E'ethereum\\n0xabc', '0xabc', 'Ethereum', 'Curve', 1000000.5, 2, 3);
+         INSERT INTO deliveries (webhook_id, exploit_id, event, status, attempts, next_attempt_at,
+             created_at, last_attempt_at, status_code, latency_ms, error)
+           VALUES (1, 1, 'exploit.detected', 'pending', 2, 90, 3, 7, 500, 2, 'HTTP 500');
+         INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms,
+             error_kind, error) VALUES (1, 1, 4, 500, 1, 'http_status', 'HTTP 500'),
+                                       (1, 2, 6, 500, 1, 'http_status', 'HTTP 500');",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    migrate_with_the_binary(&db.url).await;
+
+    let store = store::open(&db.url, 2, SecretCodec::plaintext())
+        .await
+        .unwrap();
+    let started = |log: &[store::AttemptLog]| -> Vec<(i64, i64)> {
+        log.iter().map(|a| (a.attempt, a.started_at_ms)).collect()
+    };
+    let before = store.delivery_detail(1, 1).await.unwrap().attempts;
+    assert_eq!(started(&before), [(1, 4), (2, 6)]);
+
+    store
+        .record_attempts(&[failed_attempt(3, 20)])
+        .await
+        .unwrap();
+    assert_eq!(
+        history(&mut conn).await,
+        2,
+        "a new attempt is written in the row"
+    );
+    let log = store.delivery_detail(1, 1).await.unwrap().attempts;
+    assert_eq!(started(&log), [(1, 4), (2, 6), (3, 20)]);
+    assert_eq!(log[2].response_body.as_deref(), Some("busy 3"));
+    assert_eq!(log[2].error_kind.as_deref(), Some("http_status"));
+
+    store
+        .record_attempts(&[failed_attempt(4, 30)])
+        .await
+        .unwrap();
+    assert_eq!(
+        history(&mut conn).await,
+        3,
+        "the attempt the row held moves to the history"
+    );
+    let log = store.delivery_detail(1, 1).await.unwrap().attempts;
+    assert_eq!(started(&log), [(1, 4), (2, 6), (3, 20), (4, 30)]);
+    assert_eq!(log[2].response_body.as_deref(), Some("busy 3"));
+    assert_eq!(log[3].response_body.as_deref(), Some("busy 4"));
+    assert_eq!(log[2].status_code, Some(503));
+}
+
+#[tokio::test]
+async fn upgrading_a_postgres_database_keeps_every_attempt_in_the_log_on_postgres() {
+    crate::backend::run(
+        crate::backend::Backend::Postgres,
+        upgrading_a_postgres_database_keeps_every_attempt_in_the_log(),
+    )
+    .await
 }
