@@ -280,7 +280,7 @@ impl PgStore {
         // in the mode the update takes: FOR UPDATE would also conflict with the key-share
         // locks that ingest's foreign-key checks take on the same webhooks, and ingest
         // takes those in its own order (seen as a deadlock and a 500 to an ingest call
-        // in about one `throughput` bench run in five).
+        // in 3 of 8 `throughput` bench runs).
         sqlx::query(
             "WITH locked AS MATERIALIZED (SELECT id FROM webhooks WHERE id = ANY ($1::bigint[]) \
                ORDER BY id FOR NO KEY UPDATE) \

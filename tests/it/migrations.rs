@@ -102,23 +102,7 @@ async fn upgrading_a_sqlite_file_keeps_every_delivery_and_attempt() {
     };
     assert_eq!((before.0.len(), before.1.len()), (3, 3));
 
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kamiyo-webhooks"))
-        .arg("migrate")
-        .env(
-            "KAMIYO_DATABASE_URL",
-            format!("sqlite://{}", path.display()),
-        )
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "migrate failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    migrate_with_the_binary(&format!("sqlite://{}", path.display())).await;
 
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
