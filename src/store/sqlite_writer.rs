@@ -440,12 +440,11 @@ fn turn(
     Ok(claimed)
 }
 
-fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreResult<()> {
-    // The attempt goes into the row (migration 0004); the row's trigger moves the attempt
-    // it held before, if any, to `delivery_attempts`. SET expressions all read the row as
-    // it was, so both CASEs see the old status. A delivery stopped meanwhile (webhook
-    // deleted or deactivated) stays failed.
-    let mut update = tx.prepare_cached(
+/// The SET clause of recording an attempt (`?1` the delivery, then `record`'s parameters).
+/// SET expressions all read the row as it was, so both CASEs see the old status. A
+/// delivery stopped meanwhile (webhook deleted or deactivated) stays failed.
+macro_rules! record_attempt_set {
+    () => {
         "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = ?2, \
          sent_at = COALESCE(sent_at, ?3), status_code = ?4, latency_ms = ?5, error = ?6, \
          locked_until = NULL, \
@@ -453,11 +452,31 @@ fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreRes
          next_attempt_at = CASE WHEN status = 'pending' THEN ?8 ELSE NULL END, \
          delivered_at = COALESCE(?9, delivered_at), \
          attempt_started_at = ?3, attempt_error_kind = ?10, attempt_error = ?6, \
-         attempt_response_body = ?11 WHERE id = ?1",
+         attempt_response_body = ?11 WHERE id = ?1"
+    };
+}
+
+fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreResult<()> {
+    // The attempt goes into the row (migration 0004). A row that already holds one (a
+    // retry) has that one moved to `delivery_attempts` first; this writer is the only
+    // one that records attempts, so it keeps that invariant (migration 0005 dropped the
+    // trigger that did). Most outcomes are first attempts: one statement, which finds
+    // the row empty.
+    let mut into_empty_row = tx.prepare_cached(concat!(
+        record_attempt_set!(),
+        " AND attempt_started_at IS NULL"
+    ))?;
+    let mut keep_previous = tx.prepare_cached(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, \
+         latency_ms, error_kind, error, response_body) \
+         SELECT id, attempts, attempt_started_at, status_code, latency_ms, \
+         attempt_error_kind, attempt_error, attempt_response_body \
+         FROM deliveries WHERE id = ?1 AND attempt_started_at IS NOT NULL",
     )?;
+    let mut over_previous = tx.prepare_cached(record_attempt_set!())?;
     for r in records {
         let (status, next_at, delivered_at) = delivery_outcome(r);
-        update.execute(params![
+        let values = params![
             r.delivery_id,
             r.started_at_ms + r.latency_ms,
             r.started_at_ms,
@@ -469,7 +488,12 @@ fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreRes
             delivered_at,
             r.error_kind,
             r.response_body
-        ])?;
+        ];
+        if into_empty_row.execute(values)? == 0 {
+            // The row holds an earlier attempt, or is gone (then both are no-ops).
+            keep_previous.execute(params![r.delivery_id])?;
+            over_previous.execute(values)?;
+        }
     }
     let mut health = tx.prepare_cached(
         "UPDATE webhooks SET \
@@ -1062,6 +1086,67 @@ mod tests {
             .collect();
         assert_eq!(seen, expected);
         assert_eq!(four[2].error_kind.as_deref(), Some("http_status"));
+    }
+
+    /// Two attempts of one delivery in one batch (a lease that ran out while the first
+    /// was in flight): the second moves the first to the history, in the same turn.
+    /// An attempt of a delivery that is gone writes nothing.
+    #[tokio::test]
+    async fn two_attempts_of_one_delivery_in_one_batch_both_reach_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = store_with_webhooks(&path, 50).await;
+        store.ingest_exploits(&[exploit(1)]).await.unwrap();
+        let now = now_ms();
+        let claimed = store
+            .claim_due_deliveries(now, now + 60_000, 2, 16, &[])
+            .await
+            .unwrap();
+        let (d, gone) = (&claimed[0], &claimed[1]);
+        Connection::open(&path)
+            .unwrap()
+            .execute("DELETE FROM deliveries WHERE id = ?1", [gone.id])
+            .unwrap();
+
+        store
+            .record_attempts(&[
+                attempt(d, 1, false),
+                attempt(gone, 1, true),
+                attempt(d, 2, true),
+            ])
+            .await
+            .unwrap();
+
+        let log = store.delivery_detail(d.webhook_id, d.id).await.unwrap();
+        let seen: Vec<_> = log
+            .attempts
+            .iter()
+            .map(|a| (a.attempt, a.started_at_ms, a.status_code, a.error.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, 1_000, Some(500), Some("HTTP 500 #1".to_string())),
+                (2, 2_000, Some(200), None)
+            ]
+        );
+        let conn = Connection::open(&path).unwrap();
+        let orphans: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM delivery_attempts WHERE delivery_id = ?1",
+                [gone.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(orphans, 0);
+        let triggers: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(triggers, 0, "the writer keeps the history, not a trigger");
     }
 
     /// Ingests `batch` with a claim for everything due queued behind it before its first

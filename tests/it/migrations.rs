@@ -133,6 +133,15 @@ async fn upgrading_a_sqlite_file_keeps_every_delivery_and_attempt() {
         )
         .unwrap();
     assert_eq!(filled, 0);
+    // Migration 0004's trigger is gone again (0005): the writer keeps the history.
+    let triggers: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(triggers, Vec::<String>::new());
     let integrity: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
