@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use thiserror::Error;
 
 use crate::config::Config;
@@ -20,6 +20,14 @@ use crate::domain::signature::{kamiyo_signature, standard_webhooks_signature};
 /// Bytes of the endpoint's answer kept in the delivery log.
 pub const RESPONSE_SNIPPET_BYTES: usize = 1024;
 const USER_AGENT: &str = concat!("kamiyo-webhooks/", env!("CARGO_PKG_VERSION"));
+
+// Names built once: a `&str` name is parsed and checked again at every insert.
+const X_KAMIYO_SIGNATURE: HeaderName = HeaderName::from_static("x-kamiyo-signature");
+const X_KAMIYO_EVENT: HeaderName = HeaderName::from_static("x-kamiyo-event");
+const X_KAMIYO_DELIVERY: HeaderName = HeaderName::from_static("x-kamiyo-delivery");
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -209,26 +217,27 @@ impl Sender {
     }
 
     fn headers(out: &Outgoing<'_>, timestamp: i64) -> HeaderMap {
-        let id = out.delivery_id.to_string();
         let body: &[u8] = out.body;
         // Room for reqwest's own (user agent, accept) without growing.
         let mut h = HeaderMap::with_capacity(12);
-        let value = |s: &str| HeaderValue::from_str(s).expect("header-safe ASCII");
+        // Values from owned strings take the string's buffer rather than a copy.
+        let owned = |s: String| HeaderValue::try_from(s).expect("header-safe ASCII");
+        let id = HeaderValue::from(out.delivery_id);
+        let standard =
+            standard_webhooks_signature(out.secret, id.to_str().expect("digits"), timestamp, body);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(
-            "x-kamiyo-signature",
-            value(&kamiyo_signature(out.secret, body)),
+            X_KAMIYO_SIGNATURE,
+            owned(kamiyo_signature(out.secret, body)),
         );
-        h.insert("x-kamiyo-event", value(out.event));
-        h.insert("x-kamiyo-delivery", value(&id));
-        h.insert("webhook-id", value(&id));
-        h.insert("webhook-timestamp", value(&timestamp.to_string()));
         h.insert(
-            "webhook-signature",
-            value(&standard_webhooks_signature(
-                out.secret, &id, timestamp, body,
-            )),
+            X_KAMIYO_EVENT,
+            HeaderValue::from_str(out.event).expect("header-safe ASCII"),
         );
+        h.insert(X_KAMIYO_DELIVERY, id.clone());
+        h.insert(WEBHOOK_ID, id);
+        h.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
+        h.insert(WEBHOOK_SIGNATURE, owned(standard));
         h
     }
 

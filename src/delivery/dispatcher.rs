@@ -272,6 +272,7 @@ impl Dispatcher {
             records: record_tx,
             endpoints: endpoints.clone(),
             shutdown: shutdown.clone(),
+            metrics: AttemptMetrics::new(),
         });
         let mut tasks = JoinSet::new();
         // Outcomes not yet on disk, and the permits they still hold.
@@ -457,6 +458,27 @@ struct Job {
     records: mpsc::Sender<(AttemptRecord, OwnedSemaphorePermit)>,
     endpoints: Arc<Endpoints>,
     shutdown: CancellationToken,
+    metrics: AttemptMetrics,
+}
+
+/// The attempt metrics' handles, looked up once: the macros find a handle in the
+/// recorder's registry by hashing its name and labels at every call.
+struct AttemptMetrics {
+    success: metrics::Counter,
+    gone: metrics::Counter,
+    failure: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl AttemptMetrics {
+    fn new() -> AttemptMetrics {
+        AttemptMetrics {
+            success: metrics::counter!(m::ATTEMPTS_TOTAL, "outcome" => "success"),
+            gone: metrics::counter!(m::ATTEMPTS_TOTAL, "outcome" => "gone"),
+            failure: metrics::counter!(m::ATTEMPTS_TOTAL, "outcome" => "failure"),
+            latency: metrics::histogram!(m::LATENCY_SECONDS),
+        }
+    }
 }
 
 impl Job {
@@ -506,7 +528,7 @@ impl Job {
                 })
                 .await;
             let result = decide(&self.schedule, d.round_attempt, verdict(&outcome), now_ms());
-            log_outcome(&outcome, result);
+            log_outcome(&self.metrics, &outcome, result);
             attempt_record(d, started_at_ms, outcome, result)
         }
         .instrument(span)
@@ -533,14 +555,14 @@ pub fn verdict(outcome: &SendOutcome) -> Verdict {
     }
 }
 
-fn log_outcome(outcome: &SendOutcome, result: AttemptResult) {
-    let label = match result {
-        AttemptResult::Succeeded => "success",
-        AttemptResult::Gone => "gone",
-        AttemptResult::RetryAt(_) | AttemptResult::Failed => "failure",
-    };
-    metrics::counter!(m::ATTEMPTS_TOTAL, "outcome" => label).increment(1);
-    metrics::histogram!(m::LATENCY_SECONDS).record(outcome.latency_ms as f64 / 1000.0);
+fn log_outcome(metrics: &AttemptMetrics, outcome: &SendOutcome, result: AttemptResult) {
+    match result {
+        AttemptResult::Succeeded => &metrics.success,
+        AttemptResult::Gone => &metrics.gone,
+        AttemptResult::RetryAt(_) | AttemptResult::Failed => &metrics.failure,
+    }
+    .increment(1);
+    metrics.latency.record(outcome.latency_ms as f64 / 1000.0);
     match result {
         AttemptResult::Succeeded => tracing::debug!(
             status_code = outcome.status_code,

@@ -199,6 +199,14 @@ async fn the_metrics_endpoint_names_the_delivery_metrics() {
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
+    // The recorder is the process's: other tests' attempts count too, so at least one.
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("/metrics lacks {series}:\n{text}"))
+    };
+    assert!(value("kamiyo_delivery_attempts_total{outcome=\"success\"}") >= 1.0);
+    assert!(value("kamiyo_delivery_latency_seconds_count") >= 1.0);
 }
 
 crate::backend_tests!(
