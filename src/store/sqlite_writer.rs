@@ -149,10 +149,16 @@ impl HotPath {
         conn.busy_handler(Some(busy))?;
         conn.set_prepared_statement_cache_capacity(32);
         let (commands, rx) = mpsc::channel();
+        let (syncer, to_sync) = mpsc::channel();
+        let wal = beside(path, "-wal");
+        std::thread::Builder::new()
+            .name("kamiyo-sqlite-sync".into())
+            .spawn(move || sync_wal(&wal, to_sync))
+            .map_err(|e| StoreError::Corrupt(format!("starting the WAL sync thread: {e}")))?;
         let writer = Writer {
             conn,
             secrets,
-            wal: beside(path, "-wal"),
+            syncer,
             claims: Claims::default(),
             wake: None,
             waiting: VecDeque::new(),
@@ -240,8 +246,8 @@ fn busy(tries: i32) -> bool {
 struct Writer {
     conn: Connection,
     secrets: SecretCodec,
-    /// The WAL file, synced before an ingest is answered.
-    wal: PathBuf,
+    /// Ingests written, to be answered once the WAL is synced.
+    syncer: mpsc::Sender<Synced>,
     claims: Claims,
     wake: Option<Arc<Notify>>,
     /// Ingests that arrived while another one was between its chunks.
@@ -259,9 +265,20 @@ impl Writer {
                 },
             };
             match command {
-                Command::Ingest { exploits, reply } => {
-                    let _ = reply.send(self.ingest(&exploits, &commands));
-                }
+                Command::Ingest { exploits, reply } => match self.ingest(&exploits, &commands) {
+                    // The sync thread answers once what was written is on disk; this one
+                    // goes on with the turns meanwhile.
+                    Ok((outcomes, true)) => {
+                        if let Err(mpsc::SendError(unsent)) =
+                            self.syncer.send(Synced { outcomes, reply })
+                        {
+                            let _ = unsent.reply.send(Err(StoreError::WriterStopped));
+                        }
+                    }
+                    done => {
+                        let _ = reply.send(done.map(|(outcomes, _)| outcomes));
+                    }
+                },
                 other => self.handle(other),
             }
         }
@@ -318,15 +335,16 @@ impl Writer {
         }
     }
 
-    /// Stores the batch in chunks of whole exploits, each its own transaction, then makes
-    /// it all durable (one fsync of the WAL) before answering. A crash part way leaves
-    /// the chunks already committed, each exploit with all its deliveries: the client,
-    /// unanswered, sends the batch again, and those come back as duplicates.
+    /// Stores the batch in chunks of whole exploits, each its own transaction; whether
+    /// anything was written, which must be made durable (an fsync of the WAL, by
+    /// `sync_wal`) before the ingest is answered. A crash part way leaves the chunks
+    /// already committed, each exploit with all its deliveries: the client, unanswered,
+    /// sends the batch again, and those come back as duplicates.
     fn ingest(
         &mut self,
         exploits: &[NewExploit],
         commands: &mpsc::Receiver<Command>,
-    ) -> StoreResult<Vec<IngestOutcome>> {
+    ) -> StoreResult<(Vec<IngestOutcome>, bool)> {
         let now = now_ms();
         let targets = ingest_targets(&self.conn)?;
         let mut outcomes = Vec::with_capacity(exploits.len());
@@ -366,14 +384,35 @@ impl Writer {
                 self.serve_arrived(commands);
             }
         }
-        if wrote {
-            // What synchronous = FULL does at a commit, once for all the chunks (and
-            // for the relaxed turn commits before them).
-            std::fs::File::open(&self.wal)
-                .and_then(|f| f.sync_data())
-                .map_err(|e| StoreError::Sync(self.wal.display().to_string(), e))?;
+        Ok((outcomes, wrote))
+    }
+}
+
+/// An ingest written and not yet answered.
+struct Synced {
+    outcomes: Vec<IngestOutcome>,
+    reply: oneshot::Sender<StoreResult<Vec<IngestOutcome>>>,
+}
+
+/// Answers each written ingest once the WAL is on disk: what synchronous = FULL does at
+/// a commit, once for all the chunks of the ingests waiting (and the relaxed turn commits
+/// before them). On its own thread, because a sync takes milliseconds that the writer
+/// spends on turns instead; ingests that arrive during one share the next.
+fn sync_wal(wal: &Path, written: mpsc::Receiver<Synced>) {
+    while let Ok(first) = written.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(written.try_iter());
+        let synced = std::fs::File::open(wal).and_then(|f| f.sync_data());
+        for w in waiting {
+            let answer = match &synced {
+                Ok(()) => Ok(w.outcomes),
+                Err(e) => Err(StoreError::Sync(
+                    wal.display().to_string(),
+                    std::io::Error::new(e.kind(), e.to_string()),
+                )),
+            };
+            let _ = w.reply.send(answer);
         }
-        Ok(outcomes)
     }
 }
 
@@ -1086,6 +1125,41 @@ mod tests {
             .collect();
         assert_eq!(seen, expected);
         assert_eq!(four[2].error_kind.as_deref(), Some("http_status"));
+    }
+
+    /// Ingests that wait for the WAL sync together are each answered with their own
+    /// outcomes, and each exploit's deliveries are there.
+    #[tokio::test]
+    async fn ingests_synced_together_each_get_their_own_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = store_with_webhooks(&path, 50).await;
+        let calls: Vec<_> = (0..40)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move { store.ingest_exploits(&[exploit(n % 20)]).await })
+            })
+            .collect();
+        let mut ids = std::collections::HashMap::new();
+        let mut duplicates = 0;
+        for (n, call) in calls.into_iter().enumerate() {
+            let outcome = call.await.unwrap().unwrap();
+            assert_eq!(outcome.len(), 1);
+            if outcome[0].duplicate {
+                duplicates += 1;
+            } else {
+                assert_eq!(outcome[0].matched, 50);
+            }
+            // The two calls for one exploit name the same row.
+            let id = *ids.entry(n % 20).or_insert(outcome[0].id);
+            assert_eq!(outcome[0].id, id, "exploit {}", n % 20);
+        }
+        assert_eq!(duplicates, 20);
+        let rows: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1000);
     }
 
     /// Two attempts of one delivery in one batch (a lease that ran out while the first
