@@ -1013,6 +1013,18 @@ mod tests {
         }
     }
 
+    /// A store at `path` with one exploit ingested and two of its deliveries claimed.
+    async fn two_claimed(path: &Path) -> (Arc<dyn crate::store::Store>, Vec<ClaimedDelivery>) {
+        let store = store_with_webhooks(path, 50).await;
+        store.ingest_exploits(&[exploit(1)]).await.unwrap();
+        let now = now_ms();
+        let claimed = store
+            .claim_due_deliveries(now, now + 60_000, 2, 16, &[])
+            .await
+            .unwrap();
+        (store, claimed)
+    }
+
     /// The row holds the latest attempt and the history the earlier ones; the log reads
     /// them back as one list in order, for a row written before that layout (all its
     /// attempts in the history) too.
@@ -1020,13 +1032,7 @@ mod tests {
     async fn the_attempt_log_joins_the_history_and_the_latest_attempt_in_the_row() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
-        let store = store_with_webhooks(&path, 50).await;
-        store.ingest_exploits(&[exploit(1)]).await.unwrap();
-        let now = now_ms();
-        let claimed = store
-            .claim_due_deliveries(now, now + 60_000, 2, 16, &[])
-            .await
-            .unwrap();
+        let (store, claimed) = two_claimed(&path).await;
         let (d, old) = (&claimed[0], &claimed[1]);
         let history = |id: i64| -> i64 {
             Connection::open(&path)
@@ -1169,13 +1175,7 @@ mod tests {
     async fn two_attempts_of_one_delivery_in_one_batch_both_reach_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
-        let store = store_with_webhooks(&path, 50).await;
-        store.ingest_exploits(&[exploit(1)]).await.unwrap();
-        let now = now_ms();
-        let claimed = store
-            .claim_due_deliveries(now, now + 60_000, 2, 16, &[])
-            .await
-            .unwrap();
+        let (store, claimed) = two_claimed(&path).await;
         let (d, gone) = (&claimed[0], &claimed[1]);
         Connection::open(&path)
             .unwrap()
