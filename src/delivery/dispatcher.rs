@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -19,7 +19,7 @@ use super::policy::{decide, Verdict};
 use crate::config::Config;
 use crate::domain::time::now_ms;
 use crate::metrics as m;
-use crate::store::{AttemptRecord, AttemptResult, ClaimedDelivery, Store};
+use crate::store::{AttemptRecord, AttemptResult, ClaimedDelivery, Outcomes, Store, TurnClaim};
 
 /// Most deliveries claimed in one database round trip.
 const CLAIM_BATCH: usize = 256;
@@ -257,7 +257,9 @@ impl Dispatcher {
     /// are made whose lease could run out first.
     pub async fn run(self, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.config.max_in_flight));
-        let (record_tx, mut record_rx) = mpsc::channel(self.config.max_in_flight);
+        // An attempt's task forgets its permit as it adds its outcome here; the turn
+        // that writes the outcome adds the permit back.
+        let outcomes = Arc::new(Outcomes::default());
         let cap = self.config.max_in_flight_per_endpoint;
         let endpoints = Arc::new(Endpoints::new(
             cap,
@@ -269,15 +271,12 @@ impl Dispatcher {
             sender: self.sender.clone(),
             store: self.store.clone(),
             schedule: self.config.retry_schedule.clone(),
-            records: record_tx,
+            outcomes: outcomes.clone(),
             endpoints: endpoints.clone(),
             shutdown: shutdown.clone(),
             metrics: AttemptMetrics::new(),
         });
         let mut tasks = JoinSet::new();
-        // Outcomes not yet on disk, and the permits they still hold.
-        let mut records: Vec<AttemptRecord> = Vec::with_capacity(RECORD_BATCH);
-        let mut held: Vec<OwnedSemaphorePermit> = Vec::with_capacity(RECORD_BATCH);
         // Whether something may be due that the last claim did not take.
         let mut claim_more = true;
         let mut failures = 0u32;
@@ -289,88 +288,69 @@ impl Dispatcher {
 
         loop {
             while tasks.try_join_next().is_some() {}
-            while records.len() < RECORD_BATCH {
-                match record_rx.try_recv() {
-                    Ok((r, p)) => {
-                        records.push(r);
-                        held.push(p);
-                    }
-                    Err(_) => break,
-                }
-            }
             // Group commit: with many attempts in flight and few outcomes in hand, a
             // moment's wait gathers more of them into this turn's one transaction.
-            if !records.is_empty() && records.len() < GATHER_MIN && tasks.len() > 4 * GATHER_MIN {
+            let pending = outcomes.len();
+            if pending > 0 && pending < GATHER_MIN && tasks.len() > 4 * GATHER_MIN {
                 let until = tokio::time::Instant::now() + GATHER_WAIT;
-                while records.len() < GATHER_MIN {
-                    match tokio::time::timeout_at(until, record_rx.recv()).await {
-                        Ok(Some((r, p))) => {
-                            records.push(r);
-                            held.push(p);
-                        }
-                        _ => break,
+                while outcomes.len() < GATHER_MIN {
+                    if tokio::time::timeout_at(until, outcomes.arrived())
+                        .await
+                        .is_err()
+                    {
+                        break;
                     }
                 }
             }
+            let pending = outcomes.len();
             let stopping = shutdown.is_cancelled();
-            if stopping && tasks.is_empty() && records.is_empty() {
+            if stopping && tasks.is_empty() && pending == 0 {
                 break;
             }
-            // The permits of the outcomes written in this turn's transaction are free
-            // for the claim in the same transaction.
             let free = if stopping {
                 0
             } else {
-                (permits.available_permits() + held.len()).min(CLAIM_BATCH)
+                permits.available_permits().min(CLAIM_BATCH)
             };
-            // Written outcomes free endpoint slots, so a turn that writes also claims.
-            let claim = free > 0 && (claim_more || !records.is_empty());
+            // Written outcomes free endpoint slots and permits, so a turn that writes
+            // also claims.
+            let claim = !stopping && (pending > 0 || (claim_more && free > 0));
 
-            if records.is_empty() && !claim {
-                self.idle(
-                    &shutdown,
-                    stopping,
-                    free,
-                    &endpoints,
-                    &mut record_rx,
-                    &mut tasks,
-                    &mut records,
-                    &mut held,
-                )
-                .await;
+            if pending == 0 && !claim {
+                self.idle(&shutdown, stopping, free, &endpoints, &outcomes, &mut tasks)
+                    .await;
                 claim_more = true;
                 continue;
             }
 
             let now = now_ms();
             let lease_until = now + self.config.lease.as_millis() as i64;
-            let turn = if claim {
-                self.store
-                    .record_and_claim(&records, now, lease_until, free, cap, &endpoints.room())
-                    .await
-            } else {
-                self.store
-                    .record_attempts(&records)
-                    .await
-                    .map(|()| Vec::new())
-            };
-            let batch = match turn {
-                Ok(batch) => batch,
+            let claim = claim.then(|| TurnClaim {
+                now_ms: now,
+                lease_until_ms: lease_until,
+                free,
+                most: CLAIM_BATCH,
+                per_endpoint: cap,
+                room: endpoints.room(),
+            });
+            let claimed = claim.is_some();
+            let turned = match self.store.turn(&outcomes, RECORD_BATCH, claim).await {
+                Ok(turned) => turned,
                 Err(e) => {
-                    // The outcomes stay in `records` and are written on a later turn.
+                    // The outcomes went back to `outcomes`, written on a later turn.
                     failures += 1;
-                    tracing::error!(error = %e, records = records.len(), failures, "recording and claiming failed; retrying");
+                    tracing::error!(error = %e, records = outcomes.len(), failures, "recording and claiming failed; retrying");
                     tokio::time::sleep(ERROR_BACKOFF * failures.min(10)).await;
                     continue;
                 }
             };
             failures = 0;
-            records.clear();
-            held.clear();
-            if !claim {
+            permits.add_permits(turned.recorded);
+            if !claimed {
                 continue;
             }
-            claim_more = batch.len() == free;
+            claim_more = turned.limit > 0 && turned.claimed.len() == turned.limit;
+            let batch = turned.claimed;
             let mut excess = Vec::new();
             for d in batch {
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -401,25 +381,19 @@ impl Dispatcher {
 
     /// Nothing to write and nothing known to claim: waits for an outcome, new work, the
     /// next due time, the fallback poll or shutdown (while stopping, only for outcomes).
-    #[allow(clippy::too_many_arguments)]
     async fn idle(
         &self,
         shutdown: &CancellationToken,
         stopping: bool,
         free: usize,
         endpoints: &Endpoints,
-        record_rx: &mut mpsc::Receiver<(AttemptRecord, OwnedSemaphorePermit)>,
+        outcomes: &Outcomes,
         tasks: &mut JoinSet<()>,
-        records: &mut Vec<AttemptRecord>,
-        held: &mut Vec<OwnedSemaphorePermit>,
     ) {
         if stopping {
             tracing::debug!(in_flight = tasks.len(), "delivery workers draining");
             tokio::select! {
-                Some((r, p)) = record_rx.recv() => {
-                    records.push(r);
-                    held.push(p);
-                }
+                _ = outcomes.arrived() => {}
                 // A task that panicked sends nothing; seeing it end is enough.
                 Some(_) = tasks.join_next() => {}
             }
@@ -439,10 +413,7 @@ impl Dispatcher {
             }
         }
         tokio::select! {
-            Some((r, p)) = record_rx.recv() => {
-                records.push(r);
-                held.push(p);
-            }
+            _ = outcomes.arrived() => {}
             _ = self.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => {}
@@ -455,7 +426,7 @@ struct Job {
     sender: Arc<Sender>,
     store: Arc<dyn Store>,
     schedule: Vec<Duration>,
-    records: mpsc::Sender<(AttemptRecord, OwnedSemaphorePermit)>,
+    outcomes: Arc<Outcomes>,
     endpoints: Arc<Endpoints>,
     shutdown: CancellationToken,
     metrics: AttemptMetrics,
@@ -496,8 +467,10 @@ impl Job {
                 self.shutdown.is_cancelled(),
             );
             next = follow.map(|q| (q.delivery, q.permit));
-            // A closed channel means the process is stopping; the lease brings it back.
-            let _ = self.records.send((record, permit)).await;
+            // The permit goes back when the outcome is written: it bounds what was
+            // sent but not yet recorded. Forgotten first, so it is never counted twice.
+            permit.forget();
+            self.outcomes.push(record);
             // After the outcome: a 410 is on its way to the database before the
             // endpoint's other deliveries become claimable again.
             if !give_back.is_empty() {

@@ -1,6 +1,7 @@
 //! Persistence: the `Store` trait the API and the workers use, and one implementation
 //! per backend (SQLite embedded by default; PostgreSQL for many processes).
 
+mod outcomes;
 pub mod postgres;
 mod rows;
 pub mod secrets;
@@ -17,6 +18,8 @@ use crate::domain::health::HealthFigures;
 use crate::domain::secretbox::{SecretCodec, SecretError};
 use crate::domain::tier::Tier;
 use crate::domain::webhook::{NewWebhook, Webhook, WebhookPatch};
+
+pub use outcomes::{Outcomes, TurnClaim, Turned};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -311,6 +314,48 @@ pub trait Store: Send + Sync + 'static {
         per_endpoint: usize,
         room: &[(i64, usize)],
     ) -> StoreResult<Vec<ClaimedDelivery>>;
+
+    /// The dispatcher's turn as `record_and_claim` describes, writing at most `max` of
+    /// `outcomes` (without `claim`, only those). A backend takes them as late as it can,
+    /// when the turn's transaction starts; a turn that fails puts them back.
+    async fn turn(
+        &self,
+        outcomes: &Arc<Outcomes>,
+        max: usize,
+        claim: Option<TurnClaim>,
+    ) -> StoreResult<Turned> {
+        let records = outcomes.take(max);
+        let done = match &claim {
+            Some(c) if c.limit(records.len()) > 0 => {
+                let limit = c.limit(records.len());
+                self.record_and_claim(
+                    &records,
+                    c.now_ms,
+                    c.lease_until_ms,
+                    limit,
+                    c.per_endpoint,
+                    &c.room,
+                )
+                .await
+                .map(|claimed| (limit, claimed))
+            }
+            _ => self
+                .record_attempts(&records)
+                .await
+                .map(|()| (0, Vec::new())),
+        };
+        match done {
+            Ok((limit, claimed)) => Ok(Turned {
+                recorded: records.len(),
+                limit,
+                claimed,
+            }),
+            Err(e) => {
+                outcomes.restore(records);
+                Err(e)
+            }
+        }
+    }
 
     /// Pending deliveries, for the queue-depth gauge.
     async fn queue_depth(&self) -> StoreResult<i64>;

@@ -565,6 +565,15 @@ impl Store for SqliteStore {
         self.hot.turn(records, Some(claim)).await
     }
 
+    async fn turn(
+        &self,
+        outcomes: &Arc<Outcomes>,
+        max: usize,
+        claim: Option<TurnClaim>,
+    ) -> StoreResult<Turned> {
+        self.hot.turn_pulled(outcomes, max, claim).await
+    }
+
     async fn next_claimable_at(&self, now_ms: i64, busy: &[i64]) -> StoreResult<Option<i64>> {
         // Claims are the writer's, in memory: only it knows which due rows are taken.
         self.hot.next_claimable_at(now_ms, busy).await

@@ -24,7 +24,8 @@ use tokio::sync::{oneshot, Notify};
 
 use super::{
     delivery_outcome, exploit_dedup_key, gone_reason, health_deltas, AttemptRecord, AttemptResult,
-    ClaimPicker, ClaimedDelivery, IngestOutcome, StoreError, StoreResult,
+    ClaimPicker, ClaimedDelivery, IngestOutcome, Outcomes, StoreError, StoreResult, TurnClaim,
+    Turned,
 };
 use crate::domain::exploit::{Exploit, NewExploit};
 use crate::domain::filter::Filters;
@@ -52,6 +53,13 @@ enum Command {
         records: Vec<AttemptRecord>,
         claim: Option<Claim>,
         reply: oneshot::Sender<StoreResult<Vec<ClaimedDelivery>>>,
+    },
+    /// A turn that takes its outcomes when it starts.
+    Pulled {
+        outcomes: Arc<Outcomes>,
+        max: usize,
+        claim: Option<TurnClaim>,
+        reply: oneshot::Sender<StoreResult<Turned>>,
     },
     Ingest {
         exploits: Vec<NewExploit>,
@@ -185,6 +193,24 @@ impl HotPath {
         answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
+    /// Writes at most `max` of `outcomes`, taken when the writer gets to this turn, then
+    /// claims if asked, in one transaction; a failed turn puts the outcomes back.
+    pub(super) async fn turn_pulled(
+        &self,
+        outcomes: &Arc<Outcomes>,
+        max: usize,
+        claim: Option<TurnClaim>,
+    ) -> StoreResult<Turned> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Pulled {
+            outcomes: outcomes.clone(),
+            max,
+            claim,
+            reply,
+        })?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
     pub(super) async fn ingest(&self, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Ingest {
@@ -292,19 +318,33 @@ impl Writer {
                 claim,
                 reply,
             } => {
-                let done = turn(
-                    &mut self.conn,
-                    &self.secrets,
-                    &self.claims,
-                    &records,
-                    claim.as_ref(),
-                );
-                if let Ok(claimed) = &done {
-                    let (now, until) = claim
-                        .as_ref()
-                        .map_or((now_ms(), 0), |c| (c.now_ms, c.lease_until_ms));
-                    self.claims.settle(&records, claimed, until, now);
-                }
+                let _ = reply.send(self.turn(&records, claim.as_ref()));
+            }
+            Command::Pulled {
+                outcomes,
+                max,
+                claim,
+                reply,
+            } => {
+                let records = outcomes.take(max);
+                let claim = claim.map(|c| Claim {
+                    now_ms: c.now_ms,
+                    lease_until_ms: c.lease_until_ms,
+                    limit: c.limit(records.len()),
+                    per_endpoint: c.per_endpoint,
+                    room: c.room,
+                });
+                let done = match self.turn(&records, claim.as_ref()) {
+                    Ok(claimed) => Ok(Turned {
+                        recorded: records.len(),
+                        limit: claim.map_or(0, |c| c.limit),
+                        claimed,
+                    }),
+                    Err(e) => {
+                        outcomes.restore(records);
+                        Err(e)
+                    }
+                };
                 let _ = reply.send(done);
             }
             Command::Release { ids } => self.claims.release(&ids),
@@ -318,6 +358,18 @@ impl Writer {
             Command::Subscribe { wake } => self.wake = Some(wake),
             ingest @ Command::Ingest { .. } => self.waiting.push_back(ingest),
         }
+    }
+
+    /// One turn's transaction; after its commit, the claims it settled.
+    fn turn(
+        &mut self,
+        records: &[AttemptRecord],
+        claim: Option<&Claim>,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let claimed = turn(&mut self.conn, &self.secrets, &self.claims, records, claim)?;
+        let (now, until) = claim.map_or((now_ms(), 0), |c| (c.now_ms, c.lease_until_ms));
+        self.claims.settle(records, &claimed, until, now);
+        Ok(claimed)
     }
 
     /// Between two chunks of an ingest: the turns (and other short commands) that came
@@ -1281,6 +1333,64 @@ mod tests {
             .await
             .unwrap()
             .len()
+    }
+
+    /// A turn queued behind an ingest writes the outcomes that came back while it
+    /// waited, not only those in hand when it was asked for, and claims one more
+    /// delivery for each of them.
+    #[tokio::test]
+    async fn a_turn_takes_the_outcomes_that_arrive_while_it_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = store_with_webhooks(&path, 50).await;
+        store.ingest_exploits(&[exploit(1)]).await.unwrap();
+        let now = now_ms();
+        let claimed = store
+            .claim_due_deliveries(now, now + 60_000, 10, 16, &[])
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 10);
+        let outcomes = Arc::new(Outcomes::default());
+        outcomes.push(success(&claimed[0], now));
+
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let ingest = tokio::spawn({
+            let store = store.clone();
+            async move { store.ingest_exploits(&[exploit(2)]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let turn = tokio::spawn({
+            let (store, outcomes) = (store.clone(), outcomes.clone());
+            let claim = TurnClaim {
+                now_ms: now + 1000,
+                lease_until_ms: now + 60_000,
+                free: 2,
+                most: 256,
+                per_endpoint: 16,
+                room: Vec::new(),
+            };
+            async move { store.turn(&outcomes, 512, Some(claim)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for d in &claimed[1..] {
+            outcomes.push(success(d, now));
+        }
+        blocker.execute_batch("COMMIT").unwrap();
+        ingest.await.unwrap().unwrap();
+        let turned = turn.await.unwrap().unwrap();
+
+        assert_eq!(turned.recorded, 10, "the turn wrote what arrived meanwhile");
+        assert!(outcomes.is_empty());
+        assert_eq!(turned.limit, 12);
+        assert_eq!(turned.claimed.len(), 12);
+        for d in &claimed {
+            let detail = store.delivery_detail(d.webhook_id, d.id).await.unwrap();
+            assert_eq!(
+                detail.delivery.status,
+                crate::store::DeliveryStatus::Succeeded
+            );
+        }
     }
 
     /// A batch of four exploits for 700 webhooks is stored in chunks of whole exploits; a

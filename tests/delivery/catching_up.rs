@@ -100,7 +100,58 @@ async fn a_stop_gives_queued_deliveries_back_for_the_next_process() {
     assert_eq!(receiver.count("/hook"), N, "a stop sends nothing twice");
 }
 
+/// Several endpoints with more room between them than the process has: never more
+/// attempts in flight than `max_in_flight`, however the outcomes and the claims they free
+/// interleave, and every delivery goes out once.
+async fn the_process_never_has_more_attempts_in_flight_than_its_bound() {
+    const GLOBAL: usize = 5;
+    const ENDPOINTS: usize = 6;
+    const N: usize = 12;
+    let receiver = TestReceiver::start().await;
+    let app = spawn_app(&receiver, |cfg| {
+        cfg.max_in_flight = GLOBAL;
+        cfg.max_in_flight_per_endpoint = PER_ENDPOINT;
+    })
+    .await;
+    let key = app.create_user().await;
+    let mut hooks = Vec::new();
+    for e in 0..ENDPOINTS {
+        let path = format!("/e{e}");
+        receiver.set(&path, Behaviour::always(Reply::ok().after(ms(20))));
+        hooks.push(app.create_hook(&key, &receiver.url(&path)).await);
+    }
+
+    app.ingest(backlog(N)).await;
+    for hook in &hooks {
+        app.wait_until_settled(hook, N, Duration::from_secs(60))
+            .await;
+    }
+
+    assert!(
+        receiver.peak_held() <= GLOBAL,
+        "{} requests were in flight at once; the process's bound is {GLOBAL}",
+        receiver.peak_held()
+    );
+    assert_eq!(
+        receiver.peak_held(),
+        GLOBAL,
+        "the bound, not the endpoints, limited the sending"
+    );
+    for e in 0..ENDPOINTS {
+        let mut ids: Vec<i64> = receiver
+            .requests(&format!("/e{e}"))
+            .iter()
+            .map(|r| r.delivery_id())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), N, "every delivery to /e{e} arrives");
+        assert_eq!(receiver.count(&format!("/e{e}")), N, "each once");
+    }
+}
+
 crate::backend_tests!(
+    the_process_never_has_more_attempts_in_flight_than_its_bound,
     a_backlog_goes_out_once_per_attempt_within_the_endpoint_bound_through_failures,
     a_stop_gives_queued_deliveries_back_for_the_next_process,
 );
