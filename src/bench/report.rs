@@ -139,6 +139,13 @@ impl Report {
         (c > 0.0).then(|| (t / c * 1000.0).round() / 1000.0)
     }
 
+    /// The same over the ceiling reqwest reached.
+    pub fn throughput_to_reqwest_ceiling(&self) -> Option<f64> {
+        let t = self.scenario("throughput")?.get("deliveries_per_sec")?;
+        let c = self.scenario("ceiling")?.get("reqwest_requests_per_sec")?;
+        (c > 0.0).then(|| (t / c * 1000.0).round() / 1000.0)
+    }
+
     pub fn to_json(&self) -> Value {
         let mut obj = Map::new();
         for s in &self.scenarios {
@@ -146,6 +153,9 @@ impl Report {
         }
         if let Some(ratio) = self.throughput_to_ceiling() {
             obj.insert("throughput_to_ceiling".into(), Value::from(ratio));
+        }
+        if let Some(ratio) = self.throughput_to_reqwest_ceiling() {
+            obj.insert("throughput_to_reqwest_ceiling".into(), Value::from(ratio));
         }
         Value::Object(obj)
     }
@@ -168,6 +178,13 @@ impl Report {
         if let Some(ratio) = self.throughput_to_ceiling() {
             rows.push([
                 "throughput / ceiling".into(),
+                String::new(),
+                format!("{ratio:.3}"),
+            ]);
+        }
+        if let Some(ratio) = self.throughput_to_reqwest_ceiling() {
+            rows.push([
+                "throughput / reqwest ceiling".into(),
                 String::new(),
                 format!("{ratio:.3}"),
             ]);
@@ -250,12 +267,14 @@ mod tests {
         t.number("deliveries_per_sec", "deliveries/s", 500.0, "/s");
         let mut c = ScenarioReport::new("ceiling");
         c.number("requests_per_sec", "requests/s", 2000.0, "/s");
+        c.number("reqwest_requests_per_sec", "requests/s", 1000.0, "/s");
         report.push(t);
         report.push(c);
         let json = report.to_json();
         assert_eq!(json["throughput"]["deliveries_per_sec"], 500.0);
         assert_eq!(json["ceiling"]["requests_per_sec"], 2000.0);
         assert_eq!(json["throughput_to_ceiling"], 0.25);
+        assert_eq!(json["throughput_to_reqwest_ceiling"], 0.5);
         assert!(json["throughput"]["errors"].as_array().unwrap().is_empty());
         let table = report.to_table();
         assert!(table.contains("deliveries/s"));

@@ -1,18 +1,22 @@
 //! The outbound HTTP client: signs each request at send time, sends it over rustls with
 //! keep-alive, never follows redirects, and reads at most 1 KiB of the answer.
 
-use std::error::Error as StdError;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use http_body_util::Full;
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, HOST, USER_AGENT as USER_AGENT_HEADER,
+};
+use hyper::{Method, Request};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use thiserror::Error;
 
+use super::connect::{tls_config, Connector, ConnectorConfig, Destination, Origin, OriginHost};
 use crate::config::Config;
 use crate::domain::netguard::NetworkPolicy;
 use crate::domain::signature::{kamiyo_signature, standard_webhooks_signature};
@@ -36,15 +40,12 @@ pub enum ClientError {
         path: String,
         source: std::io::Error,
     },
-    #[error("KAMIYO_EXTRA_CA_CERTS file {path} holds no usable PEM certificate: {source}")]
-    CaPem {
-        path: String,
-        source: reqwest::Error,
-    },
+    #[error("KAMIYO_EXTRA_CA_CERTS file {path} holds no usable PEM certificate: {reason}")]
+    CaPem { path: String, reason: String },
     #[error("{0}")]
     Policy(String),
     #[error("cannot build the HTTP client: {0}")]
-    Build(#[from] reqwest::Error),
+    Build(String),
 }
 
 /// One request to send.
@@ -79,7 +80,7 @@ impl SendOutcome {
 
 /// Signs and sends deliveries. Cheap to share: one connection pool for the process.
 pub struct Sender {
-    client: reqwest::Client,
+    connector: Connector,
     timeout: Duration,
     policy: NetworkPolicy,
     /// Webhook URLs as parsed, with the guard's verdict on a literal address: parsing
@@ -89,7 +90,9 @@ pub struct Sender {
 
 /// A webhook URL once parsed.
 struct Target {
-    url: Option<url::Url>,
+    /// Where requests go, or why none can (no stored URL fails this: they are checked at
+    /// create).
+    dest: Result<Destination, String>,
     /// Why the guard refuses the URL's literal IP address, if it does.
     blocked: Option<String>,
 }
@@ -97,98 +100,52 @@ struct Target {
 /// Parsed URLs kept at most; past that the cache starts again (URLs are re-parsed).
 const TARGET_CACHE: usize = 65_536;
 
-/// A name resolved only to addresses the guard allows; the connection then goes to one
-/// of exactly those addresses, so DNS rebinding between check and connect cannot work.
-/// Names in `overrides` (`KAMIYO_RESOLVE`) skip DNS; their addresses are judged the same.
-struct GuardedResolver {
-    policy: NetworkPolicy,
-    overrides: Arc<HashMap<String, Vec<IpAddr>>>,
-}
-
-/// Every address a name resolved to is refused by the network guard.
-#[derive(Debug, Error)]
-#[error("{0}")]
-pub struct BlockedAddress(String);
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy.clone();
-        let overrides = self.overrides.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_string();
-            let key = host.trim_end_matches('.').to_ascii_lowercase();
-            let resolved: Vec<SocketAddr> = match overrides.get(&key) {
-                Some(ips) => ips.iter().map(|ip| SocketAddr::new(*ip, 0)).collect(),
-                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
-            };
-            let mut refused = None;
-            let allowed: Vec<SocketAddr> = resolved
-                .into_iter()
-                .filter(|a| match policy.check(a.ip()) {
-                    Ok(()) => true,
-                    Err(why) => {
-                        refused.get_or_insert(why);
-                        false
-                    }
-                })
-                .collect();
-            if allowed.is_empty() {
-                let why = refused.unwrap_or_else(|| "no address".to_string());
-                return Err(
-                    Box::new(BlockedAddress(format!("{host} resolves to {why}")))
-                        as Box<dyn StdError + Send + Sync>,
-                );
-            }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
-        })
-    }
-}
+/// How long an idle connection is kept for its origin's next request.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 impl Sender {
     pub fn new(config: &Config) -> Result<Sender, ClientError> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .redirect(reqwest::redirect::Policy::none())
-            // Our own schedule retries; reqwest's (for protocol NACKs) would also copy
-            // every request's headers in case it had to.
-            .retry(reqwest::retry::never().max_retries_per_request(0))
-            // No total timeout here: `send` bounds the request and the answer's reading
-            // with one timer, where reqwest would start a second for every request.
-            .connect_timeout(config.delivery_timeout)
-            // Many webhooks may share a host: keep as many connections as can be in use.
-            .pool_max_idle_per_host(config.max_in_flight)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .user_agent(USER_AGENT);
         let policy = config
             .network_policy()
             .map_err(|e| ClientError::Policy(e.to_string()))?;
         let mut overrides: HashMap<String, Vec<IpAddr>> = HashMap::new();
         for o in &config.resolve {
-            overrides.entry(o.host.clone()).or_default().push(o.ip);
+            overrides
+                .entry(o.host.trim_end_matches('.').to_ascii_lowercase())
+                .or_default()
+                .push(o.ip);
         }
-        builder = builder.dns_resolver(Arc::new(GuardedResolver {
-            policy: policy.clone(),
-            overrides: Arc::new(overrides),
-        }));
+        let mut extra_roots = Vec::new();
         if let Some(path) = &config.extra_ca_certs {
             let display = path.display().to_string();
             let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
                 path: display.clone(),
                 source,
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
-                ClientError::CaPem {
+            extra_roots = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ClientError::CaPem {
                     path: display.clone(),
-                    source,
-                }
-            })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
+                    reason: e.to_string(),
+                })?;
+            if extra_roots.is_empty() {
+                return Err(ClientError::CaPem {
+                    path: display,
+                    reason: "no CERTIFICATE block".to_string(),
+                });
             }
         }
+        let tls = tls_config(extra_roots).map_err(|e| ClientError::Build(e.to_string()))?;
         Ok(Sender {
-            client: builder.build()?,
+            connector: Connector::new(ConnectorConfig {
+                policy: policy.clone(),
+                overrides,
+                tls,
+                connect_timeout: config.delivery_timeout,
+                idle_timeout: IDLE_TIMEOUT,
+                // Many webhooks may share a host: keep as many connections as can be in use.
+                max_idle_per_origin: config.max_in_flight,
+            }),
             timeout: config.delivery_timeout,
             policy,
             targets: Mutex::new(HashMap::new()),
@@ -200,15 +157,20 @@ impl Sender {
         if let Some(t) = targets.get(raw) {
             return t.clone();
         }
-        let url = url::Url::parse(raw).ok();
+        let dest = Destination::parse(raw);
         // IP literals never reach the resolver: the guard judges them here.
-        let ip = url.as_ref().and_then(|u| match u.host()? {
-            url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
-            url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
-            url::Host::Domain(_) => None,
-        });
-        let blocked = ip.and_then(|ip| self.policy.check(ip).err());
-        let target = Arc::new(Target { url, blocked });
+        let blocked = match &dest {
+            Ok(Destination {
+                origin:
+                    Origin {
+                        host: OriginHost::Ip(ip),
+                        ..
+                    },
+                ..
+            }) => self.policy.check(*ip).err(),
+            _ => None,
+        };
+        let target = Arc::new(Target { dest, blocked });
         if targets.len() >= TARGET_CACHE {
             targets.clear();
         }
@@ -218,7 +180,7 @@ impl Sender {
 
     fn headers(out: &Outgoing<'_>, timestamp: i64) -> HeaderMap {
         let body: &[u8] = out.body;
-        // Room for reqwest's own (user agent, accept) without growing.
+        // Room for the host and user agent without growing.
         let mut h = HeaderMap::with_capacity(12);
         // Values from owned strings take the string's buffer rather than a copy.
         let owned = |s: String| HeaderValue::try_from(s).expect("header-safe ASCII");
@@ -254,38 +216,33 @@ impl Sender {
                 response_body: None,
             };
         }
-        let timestamp = chrono::Utc::now().timestamp();
-        // An unparsable URL (none is stored: URLs are checked at create) is left to
-        // reqwest, which reports it as a request error.
-        let request = match &target.url {
-            // Built whole: a builder would copy every header into a map of its own.
-            Some(url) => {
-                let mut request = reqwest::Request::new(reqwest::Method::POST, url.clone());
-                *request.headers_mut() = Self::headers(out, timestamp);
-                *request.body_mut() = Some(out.body.clone().into());
-                Ok(request)
-            }
-            None => self
-                .client
-                .post(out.url)
-                .headers(Self::headers(out, timestamp))
-                .body(out.body.clone())
-                .build(),
-        };
-        // One timer for the request and the reading of the answer.
-        let result = tokio::time::timeout(self.timeout, async {
-            let mut response = self.client.execute(request?).await?;
-            let status = response.status();
-            let mut snippet = Vec::new();
-            while snippet.len() < RESPONSE_SNIPPET_BYTES {
-                match response.chunk().await? {
-                    Some(chunk) => snippet.extend_from_slice(&chunk),
-                    None => break,
+        let dest = match &target.dest {
+            Ok(dest) => dest,
+            Err(why) => {
+                return SendOutcome {
+                    status_code: None,
+                    latency_ms: 0,
+                    error_kind: Some("request"),
+                    error: Some(why.clone()),
+                    response_body: None,
                 }
             }
-            snippet.truncate(RESPONSE_SNIPPET_BYTES);
-            Ok::<_, reqwest::Error>((status, snippet))
-        })
+        };
+        let timestamp = chrono::Utc::now().timestamp();
+        // Built whole: a builder would copy every header into a map of its own.
+        let mut request = Request::new(Full::new(out.body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = dest.path.clone();
+        let headers = request.headers_mut();
+        *headers = Self::headers(out, timestamp);
+        headers.insert(HOST, dest.host.clone());
+        headers.insert(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT));
+        // One timer for connecting, the request and the reading of the answer.
+        let result = tokio::time::timeout(
+            self.timeout,
+            self.connector
+                .exchange(&dest.origin, request, RESPONSE_SNIPPET_BYTES),
+        )
         .await;
         let latency_ms = started.elapsed().as_millis() as i64;
         match result {
@@ -299,17 +256,13 @@ impl Sender {
                 )),
                 response_body: None,
             },
-            Ok(Err(e)) => {
-                let e = e.without_url();
-                let (kind, message) = classify(&e);
-                SendOutcome {
-                    status_code: e.status().map(|s| s.as_u16()),
-                    latency_ms,
-                    error_kind: Some(kind),
-                    error: Some(message),
-                    response_body: None,
-                }
-            }
+            Ok(Err(failure)) => SendOutcome {
+                status_code: None,
+                latency_ms,
+                error_kind: Some(failure.kind),
+                error: Some(failure.message),
+                response_body: None,
+            },
             Ok(Ok((status, snippet))) => {
                 let code = status.as_u16();
                 let response_body =
@@ -338,45 +291,9 @@ impl Sender {
     }
 }
 
-/// Names a transport failure and describes it without any secret (URLs carry none:
-/// credentials in webhook URLs are refused).
-fn classify(e: &reqwest::Error) -> (&'static str, String) {
-    let mut chain = e.to_string();
-    let mut tls = false;
-    let mut blocked = false;
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if s.is::<BlockedAddress>() {
-            blocked = true;
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                tls = true;
-            }
-        }
-        if s.is::<rustls::Error>() || text.contains("certificate") || text.contains("handshake") {
-            tls = true;
-        }
-        if !chain.contains(&text) {
-            chain.push_str(": ");
-            chain.push_str(&text);
-        }
-        source = s.source();
+impl Sender {
+    /// Idle connections in the pool now.
+    pub fn idle_connections(&self) -> usize {
+        self.connector.idle_connections()
     }
-    let kind = if blocked {
-        "blocked_address"
-    } else if e.is_timeout() {
-        "timeout"
-    } else if tls {
-        "tls"
-    } else if e.is_connect() {
-        "connect"
-    } else {
-        "request"
-    };
-    (kind, chain)
 }

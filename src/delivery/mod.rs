@@ -2,6 +2,7 @@
 //! dispatcher that claims due deliveries, sends them and records every attempt.
 
 pub mod client;
+pub mod connect;
 pub mod dispatcher;
 pub mod policy;
 

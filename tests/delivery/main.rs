@@ -13,6 +13,7 @@ mod backend;
 
 mod catching_up;
 mod concurrency;
+mod connections;
 mod endpoints;
 mod helpers;
 mod isolation;

@@ -127,6 +127,8 @@ pub struct Received {
     pub wall: SystemTime,
     pub method: String,
     pub path: String,
+    /// The request target as sent: path and query.
+    pub target: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
 }
@@ -174,6 +176,8 @@ struct Shared {
     peak_pending: AtomicUsize,
     /// Connections currently open.
     connections: AtomicUsize,
+    /// Connections accepted since the start.
+    accepted: AtomicUsize,
 }
 
 impl Shared {
@@ -342,6 +346,12 @@ impl TestReceiver {
         self.shared.connections.load(Ordering::SeqCst)
     }
 
+    /// Connections accepted since the receiver started.
+    #[allow(dead_code)]
+    pub fn accepted_connections(&self) -> usize {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
     /// Polls until at least `n` requests reached `path`; returns them all.
     pub async fn wait_for(&self, path: &str, n: usize, deadline: Duration) -> Vec<Received> {
         let start = Instant::now();
@@ -393,6 +403,7 @@ async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shar
         let tls = tls.clone();
         connections.spawn(async move {
             shared.connections.fetch_add(1, Ordering::SeqCst);
+            shared.accepted.fetch_add(1, Ordering::SeqCst);
             let _open = Decrement(&shared.connections);
             let service = {
                 let shared = shared.clone();
@@ -441,6 +452,7 @@ async fn handle(
         wall: SystemTime::now(),
         method: parts.method.to_string(),
         path: path.clone(),
+        target: parts.uri.to_string(),
         headers: parts.headers,
         body,
     });
