@@ -181,19 +181,22 @@ impl Receiver {
         });
         let stop = CancellationToken::new();
         let acceptor = pki.map(|p| TlsAcceptor::from(p.server_config.clone()));
-        {
-            let shared = shared.clone();
-            let stop = stop.clone();
-            runtime.spawn(async move {
-                // Clients open hundreds of connections at once; std's backlog of 128 dropped
-                // SYNs that came back only after a 1 s retransmit, which capped the
-                // ceiling's 50,000 requests at about 49,000/s.
-                match socket.listen(LISTEN_BACKLOG) {
-                    Ok(listener) => accept_loop(listener, acceptor, shared, stop).await,
-                    Err(e) => shared.error(format!("the receiver cannot listen: {e}")),
-                }
-            });
-        }
+        // Listening before `start` returns: a client that connects at once must not be
+        // refused. Clients open hundreds of connections at once; std's backlog of 128
+        // dropped SYNs that came back only after a 1 s retransmit, which capped the
+        // ceiling's 50,000 requests at about 49,000/s.
+        let listener = {
+            let _in_runtime = runtime.enter();
+            socket
+                .listen(LISTEN_BACKLOG)
+                .context("the receiver cannot listen")?
+        };
+        runtime.spawn(accept_loop(
+            listener,
+            acceptor,
+            shared.clone(),
+            stop.clone(),
+        ));
         let scheme = if pki.is_some() { "https" } else { "http" };
         Ok(Receiver {
             base_url: format!("{scheme}://127.0.0.1:{port}"),

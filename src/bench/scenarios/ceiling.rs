@@ -249,7 +249,6 @@ async fn round(
         errors: receiver.errors(),
     })
 }
-
 /// A round through the service's connection layer: each worker sends, reads the answer
 /// to its end and gives the connection back, as a delivery does.
 async fn raw_round(
@@ -283,14 +282,17 @@ async fn raw_round(
     let started = Instant::now();
     let cpu_before = process_cpu_secs();
     let mut workers = JoinSet::new();
+    // The first few failures' reasons, as the report's errors.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     for _ in 0..concurrency {
-        let (connector, dest, body, next, failures, bar) = (
+        let (connector, dest, body, next, failures, bar, seen) = (
             connector.clone(),
             dest.clone(),
             body.clone(),
             next.clone(),
             failures.clone(),
             bar.clone(),
+            seen.clone(),
         );
         workers.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < requests {
@@ -303,12 +305,15 @@ async fn raw_round(
                     CONTENT_TYPE,
                     hyper::header::HeaderValue::from_static("application/json"),
                 );
-                let ok = match connector.exchange(&dest.origin, request, usize::MAX).await {
-                    Ok((status, _)) => status.is_success(),
-                    Err(_) => false,
+                let why = match connector.exchange(&dest.origin, request, usize::MAX).await {
+                    Ok((status, _)) if status.is_success() => None,
+                    Ok((status, _)) => Some(format!("HTTP {status}")),
+                    Err(e) => Some(format!("{}: {}", e.kind, e.message)),
                 };
-                if !ok {
-                    failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(why) = why {
+                    if failures.fetch_add(1, Ordering::Relaxed) < 3 {
+                        seen.lock().unwrap_or_else(|e| e.into_inner()).push(why);
+                    }
                 }
                 bar.inc(1);
             }
@@ -328,6 +333,10 @@ async fn raw_round(
         elapsed: secs(started, last),
         connections: receiver.connections(),
         failed: failures.load(Ordering::Relaxed),
-        errors: receiver.errors(),
+        errors: {
+            let mut errors = receiver.errors();
+            errors.extend(seen.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
+            errors
+        },
     })
 }
