@@ -7,11 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, HOST, USER_AGENT as USER_AGENT_HEADER,
+    HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT as USER_AGENT_HEADER,
 };
-use hyper::{Method, Request};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use thiserror::Error;
@@ -75,6 +73,17 @@ impl SendOutcome {
     }
     pub fn gone(&self) -> bool {
         self.status_code == Some(410)
+    }
+
+    /// A request that got no answer: nothing sent, or no complete answer in time.
+    fn unanswered(kind: &'static str, error: String, latency_ms: i64) -> SendOutcome {
+        SendOutcome {
+            status_code: None,
+            latency_ms,
+            error_kind: Some(kind),
+            error: Some(error),
+            response_body: None,
+        }
     }
 }
 
@@ -208,35 +217,17 @@ impl Sender {
         let started = Instant::now();
         let target = self.target(out.url);
         if let Some(why) = &target.blocked {
-            return SendOutcome {
-                status_code: None,
-                latency_ms: 0,
-                error_kind: Some("blocked_address"),
-                error: Some(why.clone()),
-                response_body: None,
-            };
+            return SendOutcome::unanswered("blocked_address", why.clone(), 0);
         }
         let dest = match &target.dest {
             Ok(dest) => dest,
-            Err(why) => {
-                return SendOutcome {
-                    status_code: None,
-                    latency_ms: 0,
-                    error_kind: Some("request"),
-                    error: Some(why.clone()),
-                    response_body: None,
-                }
-            }
+            Err(why) => return SendOutcome::unanswered("request", why.clone(), 0),
         };
         let timestamp = chrono::Utc::now().timestamp();
         // Built whole: a builder would copy every header into a map of its own.
-        let mut request = Request::new(Full::new(out.body.clone()));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = dest.path.clone();
-        let headers = request.headers_mut();
-        *headers = Self::headers(out, timestamp);
-        headers.insert(HOST, dest.host.clone());
+        let mut headers = Self::headers(out, timestamp);
         headers.insert(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT));
+        let request = dest.post(out.body.clone(), headers);
         // One timer for connecting, the request and the reading of the answer.
         let result = tokio::time::timeout(
             self.timeout,
@@ -246,23 +237,12 @@ impl Sender {
         .await;
         let latency_ms = started.elapsed().as_millis() as i64;
         match result {
-            Err(_) => SendOutcome {
-                status_code: None,
+            Err(_) => SendOutcome::unanswered(
+                "timeout",
+                format!("no complete answer within {} ms", self.timeout.as_millis()),
                 latency_ms,
-                error_kind: Some("timeout"),
-                error: Some(format!(
-                    "no complete answer within {} ms",
-                    self.timeout.as_millis()
-                )),
-                response_body: None,
-            },
-            Ok(Err(failure)) => SendOutcome {
-                status_code: None,
-                latency_ms,
-                error_kind: Some(failure.kind),
-                error: Some(failure.message),
-                response_body: None,
-            },
+            ),
+            Ok(Err(failure)) => SendOutcome::unanswered(failure.kind, failure.message, latency_ms),
             Ok(Ok((status, snippet))) => {
                 let code = status.as_u16();
                 let response_body =

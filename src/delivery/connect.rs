@@ -16,8 +16,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::HeaderValue;
-use hyper::{Request, StatusCode, Uri};
+use hyper::header::{HeaderMap, HeaderValue, HOST};
+use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use thiserror::Error;
@@ -85,6 +85,16 @@ impl Destination {
             path: Uri::try_from(path).map_err(|e| format!("invalid URL path: {e}"))?,
             host: HeaderValue::try_from(authority).map_err(|e| format!("invalid URL host: {e}"))?,
         })
+    }
+
+    /// A POST of `body` with `headers` to this destination, its Host header added.
+    pub fn post(&self, body: Bytes, mut headers: HeaderMap) -> Request<Body> {
+        headers.insert(HOST, self.host.clone());
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.path.clone();
+        *request.headers_mut() = headers;
+        request
     }
 }
 

@@ -213,12 +213,7 @@ async fn an_idle_connection_is_closed_after_its_time_without_more_traffic() {
         max_idle_per_origin: 4,
     });
     let dest = Destination::parse(&receiver.url("/idle")).unwrap();
-    let mut request = hyper::Request::new(http_body_util::Full::new(body()));
-    *request.method_mut() = hyper::Method::POST;
-    *request.uri_mut() = dest.path.clone();
-    request
-        .headers_mut()
-        .insert(hyper::header::HOST, dest.host.clone());
+    let request = dest.post(body(), hyper::HeaderMap::new());
     let (status, _) = connector
         .exchange(&dest.origin, request, 1024)
         .await

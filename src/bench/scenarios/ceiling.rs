@@ -9,12 +9,15 @@
 //! One short run moved by 30% between invocations on a shared 2-core machine, so each
 //! client runs in rounds and reports the median round.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use reqwest::header::CONTENT_TYPE;
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use tokio::task::JoinSet;
 
 use super::{secs, tls_material, Env, ExploitSource};
@@ -176,143 +179,121 @@ async fn round(
     client: Client,
 ) -> anyhow::Result<Round> {
     let (pki, _ca_dir) = tls_material(env)?;
-    let receiver = Arc::new(Receiver::start(pki.as_ref())?);
-    if client == Client::Layer {
-        return raw_round(&receiver, pki.as_ref(), requests, concurrency, body).await;
-    }
-
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .http1_only()
-        .tcp_nodelay(true)
-        // As the service's client: no request kept for a retry.
-        .retry(reqwest::retry::never().max_retries_per_request(0))
-        // Keep every connection: the ceiling is what keep-alive allows.
-        .pool_max_idle_per_host(concurrency);
-    if let Some(pki) = &pki {
-        builder = builder.add_root_certificate(
-            reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).context("the bench CA")?,
-        );
-    }
-    let client = builder.build().context("building the ceiling client")?;
+    let receiver = Receiver::start(pki.as_ref())?;
     let url = receiver.url("/ceiling");
-
-    let bar = progress(requests, "ceiling: requests through reqwest");
-    let next = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let cpu_before = process_cpu_secs();
-    let mut workers = JoinSet::new();
-    for _ in 0..concurrency {
-        let (client, url, body, next, failures, bar) = (
-            client.clone(),
-            url.clone(),
-            body.clone(),
-            next.clone(),
-            failures.clone(),
-            bar.clone(),
-        );
-        workers.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < requests {
+    match client {
+        Client::Layer => {
+            let connector = Arc::new(connector(pki.as_ref(), concurrency)?);
+            let dest = Arc::new(Destination::parse(&url).map_err(anyhow::Error::msg)?);
+            let send = move || {
+                let (connector, dest, body) = (connector.clone(), dest.clone(), body.clone());
+                async move {
+                    let mut headers = HeaderMap::with_capacity(2);
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    // Read to its end, so the connection goes back to the pool.
+                    let request = dest.post(body, headers);
+                    match connector.exchange(&dest.origin, request, usize::MAX).await {
+                        Ok((status, _)) if status.is_success() => Ok(()),
+                        Ok((status, _)) => Err(format!("HTTP {status}")),
+                        Err(e) => Err(format!("{}: {}", e.kind, e.message)),
+                    }
+                }
+            };
+            drive(&receiver, requests, concurrency, "ceiling: requests", send).await
+        }
+        Client::Reqwest => {
+            let mut builder = reqwest::Client::builder()
+                .use_rustls_tls()
+                .http1_only()
+                .tcp_nodelay(true)
+                // As the service's client: no request kept for a retry.
+                .retry(reqwest::retry::never().max_retries_per_request(0))
+                // Keep every connection: the ceiling is what keep-alive allows.
+                .pool_max_idle_per_host(concurrency);
+            if let Some(pki) = &pki {
+                builder = builder.add_root_certificate(
+                    reqwest::Certificate::from_pem(pki.ca_pem.as_bytes())
+                        .context("the bench CA")?,
+                );
+            }
+            let client = builder.build().context("building the ceiling client")?;
+            let send = move || {
                 let sent = client
                     .post(&url)
                     .header(CONTENT_TYPE, "application/json")
                     .body(body.clone())
-                    .send()
-                    .await;
-                // Read the answer to its end so the connection goes back to the pool.
-                let ok = match sent {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                if !ok {
-                    failures.fetch_add(1, Ordering::Relaxed);
+                    .send();
+                async move {
+                    let r = sent.await.map_err(|e| e.to_string())?;
+                    let status = r.status();
+                    // Read to its end, so the connection goes back to the pool.
+                    r.bytes().await.map_err(|e| e.to_string())?;
+                    if status.is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!("HTTP {status}"))
+                    }
                 }
-                bar.inc(1);
-            }
-        });
+            };
+            let label = "ceiling: requests through reqwest";
+            drive(&receiver, requests, concurrency, label, send).await
+        }
     }
-    while let Some(joined) = workers.join_next().await {
-        joined.context("a ceiling worker panicked")?;
-    }
-    let cpu_after = process_cpu_secs();
-    bar.finish_and_clear();
-
-    let last = receiver.last_receipt().unwrap_or(started);
-    let received = receiver.ceiling_requests();
-    Ok(Round {
-        cpu_us_per_request: cpu_us_per(cpu_before, cpu_after, received),
-        received,
-        elapsed: secs(started, last),
-        connections: receiver.connections(),
-        failed: failures.load(Ordering::Relaxed),
-        errors: receiver.errors(),
-    })
 }
-/// A round through the service's connection layer: each worker sends, reads the answer
-/// to its end and gives the connection back, as a delivery does.
-async fn raw_round(
-    receiver: &Arc<Receiver>,
-    pki: Option<&Pki>,
-    requests: u64,
-    concurrency: usize,
-    body: hyper::body::Bytes,
-) -> anyhow::Result<Round> {
+
+/// The service's connection layer as the ceiling uses it: loopback allowed, the bench CA
+/// trusted, as many idle connections as clients.
+fn connector(pki: Option<&Pki>, concurrency: usize) -> anyhow::Result<Connector> {
     let mut roots = Vec::new();
     if let Some(pki) = pki {
-        use rustls::pki_types::pem::PemObject;
-        roots.push(
-            rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes())
-                .context("the bench CA")?,
-        );
+        roots.push(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).context("the bench CA")?);
     }
-    let connector = Arc::new(Connector::new(ConnectorConfig {
+    Ok(Connector::new(ConnectorConfig {
         policy: NetworkPolicy::new(&["127.0.0.0/8".to_string()]).map_err(anyhow::Error::msg)?,
         overrides: Default::default(),
         tls: tls_config(roots).context("the ceiling's TLS set-up")?,
-        connect_timeout: std::time::Duration::from_secs(10),
-        idle_timeout: std::time::Duration::from_secs(90),
+        connect_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(90),
         max_idle_per_origin: concurrency,
-    }));
-    let dest = Arc::new(Destination::parse(&receiver.url("/ceiling")).map_err(anyhow::Error::msg)?);
+    }))
+}
 
-    let bar = progress(requests, "ceiling: requests");
+/// Failure reasons kept verbatim per round; later ones are only counted.
+const REASONS_KEPT: u64 = 3;
+
+/// `concurrency` clients calling `send` until `requests` have gone, and what the
+/// receiver saw of them.
+async fn drive<F, Fut>(
+    receiver: &Receiver,
+    requests: u64,
+    concurrency: usize,
+    label: &'static str,
+    send: F,
+) -> anyhow::Result<Round>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let bar = progress(requests, label);
     let next = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
+    let reasons = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
     let cpu_before = process_cpu_secs();
     let mut workers = JoinSet::new();
-    // The first few failures' reasons, as the report's errors.
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     for _ in 0..concurrency {
-        let (connector, dest, body, next, failures, bar, seen) = (
-            connector.clone(),
-            dest.clone(),
-            body.clone(),
+        let (send, next, failures, reasons, bar) = (
+            send.clone(),
             next.clone(),
             failures.clone(),
+            reasons.clone(),
             bar.clone(),
-            seen.clone(),
         );
         workers.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < requests {
-                let mut request = hyper::Request::new(http_body_util::Full::new(body.clone()));
-                *request.method_mut() = hyper::Method::POST;
-                *request.uri_mut() = dest.path.clone();
-                let headers = request.headers_mut();
-                headers.insert(hyper::header::HOST, dest.host.clone());
-                headers.insert(
-                    CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("application/json"),
-                );
-                let why = match connector.exchange(&dest.origin, request, usize::MAX).await {
-                    Ok((status, _)) if status.is_success() => None,
-                    Ok((status, _)) => Some(format!("HTTP {status}")),
-                    Err(e) => Some(format!("{}: {}", e.kind, e.message)),
-                };
-                if let Some(why) = why {
-                    if failures.fetch_add(1, Ordering::Relaxed) < 3 {
-                        seen.lock().unwrap_or_else(|e| e.into_inner()).push(why);
+                if let Err(why) = send().await {
+                    if failures.fetch_add(1, Ordering::Relaxed) < REASONS_KEPT {
+                        reasons.lock().unwrap_or_else(|e| e.into_inner()).push(why);
                     }
                 }
                 bar.inc(1);
@@ -327,16 +308,14 @@ async fn raw_round(
 
     let last = receiver.last_receipt().unwrap_or(started);
     let received = receiver.ceiling_requests();
+    let mut errors = receiver.errors();
+    errors.append(&mut reasons.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(Round {
         cpu_us_per_request: cpu_us_per(cpu_before, cpu_after, received),
         received,
         elapsed: secs(started, last),
         connections: receiver.connections(),
         failed: failures.load(Ordering::Relaxed),
-        errors: {
-            let mut errors = receiver.errors();
-            errors.extend(seen.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
-            errors
-        },
+        errors,
     })
 }
