@@ -39,6 +39,20 @@ fn quick_bench_prints_throughput_and_ceiling_as_json() {
         .as_f64()
         .unwrap_or_else(|| panic!("no throughput_to_ceiling in {report}"));
     assert!(ratio > 0.0, "{report}");
+    // The process's CPU time comes from /proc: the CPU figures are there on Linux.
+    if cfg!(target_os = "linux") {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        for scenario in ["throughput", "ceiling"] {
+            let busy = report[scenario]["cores_busy"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no {scenario}.cores_busy in {report}"));
+            // The CPU clock's window may start a moment before the rate's.
+            assert!(
+                busy > 0.0 && busy <= cores * 1.25,
+                "{scenario}.cores_busy {busy} on {cores} cores: {report}"
+            );
+        }
+    }
     for scenario in ["throughput", "ceiling"] {
         let errors = report[scenario]["errors"]
             .as_array()

@@ -114,6 +114,12 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
             us,
             "us",
         );
+        report.number(
+            "cores_busy",
+            "cores busy (median round)",
+            us * mid.rate() / 1e6,
+            "",
+        );
     }
     let (median, rates, mid) = median_round(&plain);
     report.number(

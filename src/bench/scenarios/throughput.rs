@@ -59,6 +59,16 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
             us,
             "us",
         );
+        if elapsed > 0.0 {
+            // Of the machine's cores, how many were busy on average: what is left idle
+            // is capacity the service did not manage to use.
+            report.number(
+                "cores_busy",
+                "cores busy, first ingest to last receipt",
+                us * delivered as f64 / 1e6 / elapsed,
+                "",
+            );
+        }
     }
     let ingest_secs = secs(started, ingested);
     report.number("ingest_secs", "ingest calls (queueing)", ingest_secs, "s");
