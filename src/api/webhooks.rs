@@ -66,6 +66,7 @@ pub struct HealthOut {
     pub deliveries_24h: u64,
     pub mean_latency_ms_24h: Option<f64>,
     pub consecutive_failures: u64,
+    /// The latest success; while every attempt succeeds, at most a second behind.
     pub last_success_at: Option<String>,
     pub last_failure_at: Option<String>,
     pub last_error: Option<String>,

@@ -442,6 +442,13 @@ pub(crate) fn decode_list(raw: Option<String>) -> StoreResult<Option<Vec<String>
     .transpose()
 }
 
+/// How far behind a webhook's `last_success_at` may be while its health is otherwise
+/// unchanged (no failure streak to end, none to start). A busy endpoint succeeds many
+/// times a second: without this, every turn would rewrite its webhook row only to move the
+/// time, one row per webhook per turn, as many as the turn's deliveries when a fan-out is
+/// going out. Failures, and the first success after them, are written at once.
+pub(crate) const SUCCESS_TIME_GRAIN_MS: i64 = 1_000;
+
 /// What a batch of attempts changes in one webhook's health columns.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct HealthDelta {

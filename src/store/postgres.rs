@@ -291,7 +291,9 @@ impl PgStore {
              last_error = COALESCE(v.err, w.last_error) \
              FROM UNNEST($1::bigint[], $2::bool[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[]) \
                AS v (id, reset, failures, ok_at, fail_at, err), locked \
-             WHERE w.id = v.id AND locked.id = v.id",
+             WHERE w.id = v.id AND locked.id = v.id \
+             AND NOT (v.reset AND v.failures = 0 AND w.consecutive_failures = 0 \
+                      AND COALESCE(w.last_success_at >= v.ok_at - $7, FALSE))",
         )
         .bind(&w_ids)
         .bind(&resets)
@@ -299,6 +301,7 @@ impl PgStore {
         .bind(&ok_at)
         .bind(&fail_at)
         .bind(&last_errors)
+        .bind(SUCCESS_TIME_GRAIN_MS)
         .execute(&mut **tx)
         .await?;
 

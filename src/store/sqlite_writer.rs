@@ -25,7 +25,7 @@ use tokio::sync::{oneshot, Notify};
 use super::{
     delivery_outcome, exploit_dedup_key, gone_reason, health_deltas, AttemptRecord, AttemptResult,
     ClaimPicker, ClaimedDelivery, IngestOutcome, Outcomes, StoreError, StoreResult, TurnClaim,
-    Turned,
+    Turned, SUCCESS_TIME_GRAIN_MS,
 };
 use crate::domain::exploit::{Exploit, NewExploit};
 use crate::domain::filter::Filters;
@@ -591,7 +591,9 @@ fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreRes
          consecutive_failures = CASE WHEN ?2 THEN ?3 ELSE consecutive_failures + ?3 END, \
          last_success_at = COALESCE(?4, last_success_at), \
          last_failure_at = COALESCE(?5, last_failure_at), \
-         last_error = COALESCE(?6, last_error) WHERE id = ?1",
+         last_error = COALESCE(?6, last_error) WHERE id = ?1 \
+         AND NOT (?2 AND ?3 = 0 AND consecutive_failures = 0 \
+                  AND COALESCE(last_success_at >= ?4 - ?7, 0))",
     )?;
     for d in health_deltas(records) {
         health.execute(params![
@@ -600,7 +602,8 @@ fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreRes
             d.failures,
             d.last_success_at,
             d.last_failure_at,
-            d.last_error
+            d.last_error,
+            SUCCESS_TIME_GRAIN_MS
         ])?;
     }
     for r in records.iter().filter(|r| r.result == AttemptResult::Gone) {

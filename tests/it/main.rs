@@ -13,6 +13,7 @@ mod cli;
 mod deliveries;
 mod docs;
 mod exploits;
+mod health;
 mod helpers;
 mod isolation;
 mod matching;
