@@ -206,7 +206,130 @@ async fn each_webhook_sees_only_its_own_deliveries() {
     assert_eq!(exploit_ids(&base_page), vec![base_exploit]);
 }
 
+/// Without a status filter the log holds every delivery whatever its status, newest
+/// first across statuses, and its total is all of them (on SQLite the page is merged
+/// from one index per status).
+async fn an_unfiltered_log_interleaves_all_statuses_newest_first() {
+    use kamiyo_webhooks::domain::exploit::NewExploit;
+    use kamiyo_webhooks::domain::filter::Filters;
+    use kamiyo_webhooks::domain::secretbox::SecretCodec;
+    use kamiyo_webhooks::domain::tier::Tier;
+    use kamiyo_webhooks::domain::webhook::{NewWebhook, WebhookUrl};
+    use kamiyo_webhooks::store::{self, AttemptRecord, AttemptResult, DeliveryStatus, Page};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::backend::TestDatabase::create(dir.path(), "log").await;
+    let store = store::open(&db.url, 2, SecretCodec::plaintext())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let user = store
+        .create_user("fund", Tier::Enterprise, "hash")
+        .await
+        .unwrap();
+    let hook = store
+        .create_webhook(
+            user.id,
+            Tier::Enterprise,
+            &NewWebhook {
+                name: "log".into(),
+                url: WebhookUrl::parse("https://alerts.example/hook", false).unwrap(),
+                filters: Filters::default(),
+                is_active: true,
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let exploits: Vec<NewExploit> = (0..9)
+        .map(|_| NewExploit {
+            tx_hash: unique_tx(),
+            chain: "ethereum".into(),
+            protocol: "aave".into(),
+            amount_usd: 1_000_000.0,
+            timestamp_ms: 1_700_000_000_000,
+            source: None,
+            source_url: None,
+            category: None,
+            description: None,
+        })
+        .collect();
+    store.ingest_exploits(&exploits).await.unwrap();
+    let now = kamiyo_webhooks::domain::time::now_ms();
+    let mut claimed = store
+        .claim_due_deliveries(now, now + 60_000, 100, 100, &[])
+        .await
+        .unwrap();
+    claimed.sort_by_key(|d| d.id);
+    assert_eq!(claimed.len(), 9);
+    // Ids in order: succeeded, failed, pending, succeeded, failed, pending, ...
+    let status_of = |i: usize| {
+        [
+            DeliveryStatus::Succeeded,
+            DeliveryStatus::Failed,
+            DeliveryStatus::Pending,
+        ][i % 3]
+    };
+    let records: Vec<AttemptRecord> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, d)| AttemptRecord {
+            delivery_id: d.id,
+            webhook_id: hook.id,
+            attempt: 1,
+            started_at_ms: now,
+            latency_ms: 2,
+            status_code: Some(if i % 3 == 0 { 200 } else { 503 }),
+            error_kind: (i % 3 != 0).then_some("http_status"),
+            error: (i % 3 != 0).then(|| "HTTP 503".to_string()),
+            response_body: None,
+            result: match status_of(i) {
+                DeliveryStatus::Succeeded => AttemptResult::Succeeded,
+                DeliveryStatus::Failed => AttemptResult::Failed,
+                DeliveryStatus::Pending => AttemptResult::RetryAt(now + 3_600_000),
+            },
+        })
+        .collect();
+    store.record_attempts(&records).await.unwrap();
+
+    let mut listed = Vec::new();
+    for page in 1..=5 {
+        let (deliveries, total) = store
+            .list_deliveries(hook.id, None, Page { page, page_size: 2 })
+            .await
+            .unwrap();
+        assert_eq!(total, 9, "page {page}");
+        listed.extend(deliveries.iter().map(|d| (d.id, d.status)));
+    }
+    let expected: Vec<(i64, DeliveryStatus)> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id, status_of(i)))
+        .rev()
+        .collect();
+    assert_eq!(listed, expected);
+    for status in [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Succeeded,
+        DeliveryStatus::Failed,
+    ] {
+        let (deliveries, total) = store
+            .list_deliveries(
+                hook.id,
+                Some(status),
+                Page {
+                    page: 1,
+                    page_size: 50,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((deliveries.len(), total), (3, 3), "{status:?}");
+    }
+}
+
 crate::backend_tests!(
+    an_unfiltered_log_interleaves_all_statuses_newest_first,
     a_queued_delivery_is_listed_as_pending_with_nothing_sent_yet,
     a_webhook_without_deliveries_has_an_empty_log,
     deliveries_are_listed_newest_first,
