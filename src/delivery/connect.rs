@@ -273,7 +273,10 @@ impl Connector {
                 });
             }
         }
-        self.connect(origin).await.map(|sender| Conn {
+        // Boxed: connecting (resolution, TCP, TLS, handshake) is most of this future's
+        // size, and every attempt's task was that large, copied whole as it was spawned
+        // and as it ended, though nearly all attempts take a pooled connection.
+        Box::pin(self.connect(origin)).await.map(|sender| Conn {
             sender,
             reused: false,
         })
