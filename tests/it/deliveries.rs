@@ -211,36 +211,10 @@ async fn each_webhook_sees_only_its_own_deliveries() {
 /// from one index per status).
 async fn an_unfiltered_log_interleaves_all_statuses_newest_first() {
     use kamiyo_webhooks::domain::exploit::NewExploit;
-    use kamiyo_webhooks::domain::filter::Filters;
-    use kamiyo_webhooks::domain::secretbox::SecretCodec;
-    use kamiyo_webhooks::domain::tier::Tier;
-    use kamiyo_webhooks::domain::webhook::{NewWebhook, WebhookUrl};
-    use kamiyo_webhooks::store::{self, AttemptRecord, AttemptResult, DeliveryStatus, Page};
+    use kamiyo_webhooks::store::{AttemptRecord, AttemptResult, DeliveryStatus, Page};
 
     let dir = tempfile::tempdir().unwrap();
-    let db = crate::backend::TestDatabase::create(dir.path(), "log").await;
-    let store = store::open(&db.url, 2, SecretCodec::plaintext())
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let user = store
-        .create_user("fund", Tier::Enterprise, "hash")
-        .await
-        .unwrap();
-    let hook = store
-        .create_webhook(
-            user.id,
-            Tier::Enterprise,
-            &NewWebhook {
-                name: "log".into(),
-                url: WebhookUrl::parse("https://alerts.example/hook", false).unwrap(),
-                filters: Filters::default(),
-                is_active: true,
-                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let (_db, store, hook) = store_with_one_webhook(dir.path(), "log").await;
     let exploits: Vec<NewExploit> = (0..9)
         .map(|_| NewExploit {
             tx_hash: unique_tx(),

@@ -2,11 +2,7 @@
 //! success after one, at once; the time of the next success in an unchanged healthy
 //! streak only once it is a second newer.
 
-use kamiyo_webhooks::domain::filter::Filters;
-use kamiyo_webhooks::domain::secretbox::SecretCodec;
-use kamiyo_webhooks::domain::tier::Tier;
-use kamiyo_webhooks::domain::webhook::{NewWebhook, WebhookUrl};
-use kamiyo_webhooks::store::{self, AttemptRecord, AttemptResult};
+use kamiyo_webhooks::store::{AttemptRecord, AttemptResult};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -31,29 +27,7 @@ fn attempt(webhook_id: i64, started_at_ms: i64, ok: bool) -> AttemptRecord {
 
 async fn a_success_moves_the_time_by_the_second_and_a_failure_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let db = crate::backend::TestDatabase::create(dir.path(), "health").await;
-    let store = store::open(&db.url, 2, SecretCodec::plaintext())
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let user = store
-        .create_user("fund", Tier::Enterprise, "hash")
-        .await
-        .unwrap();
-    let hook = store
-        .create_webhook(
-            user.id,
-            Tier::Enterprise,
-            &NewWebhook {
-                name: "alerts".into(),
-                url: WebhookUrl::parse("https://alerts.example/hook", false).unwrap(),
-                filters: Filters::default(),
-                is_active: true,
-                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let (_db, store, hook) = crate::helpers::store_with_one_webhook(dir.path(), "alerts").await;
     let record = |at: i64, ok: bool| {
         let store = store.clone();
         async move {

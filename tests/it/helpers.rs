@@ -542,3 +542,45 @@ impl Drop for TestReceiver {
 pub async fn spawn_app_reaching_loopback() -> TestApp {
     spawn_app_with(|cfg| cfg.allow_private_networks = vec!["127.0.0.0/8".to_owned()]).await
 }
+
+/// A store opened straight (no HTTP app) on a fresh database of the test's backend, with
+/// one enterprise user owning one unfiltered webhook named `name`. The database lives as
+/// long as the returned `TestDatabase`.
+pub async fn store_with_one_webhook(
+    dir: &std::path::Path,
+    name: &str,
+) -> (
+    TestDatabase,
+    Arc<dyn kamiyo_webhooks::store::Store>,
+    kamiyo_webhooks::domain::webhook::Webhook,
+) {
+    use kamiyo_webhooks::domain::filter::Filters;
+    use kamiyo_webhooks::domain::secretbox::SecretCodec;
+    use kamiyo_webhooks::domain::tier::Tier;
+    use kamiyo_webhooks::domain::webhook::{NewWebhook, WebhookUrl};
+
+    let db = TestDatabase::create(dir, name).await;
+    let store = kamiyo_webhooks::store::open(&db.url, 2, SecretCodec::plaintext())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let user = store
+        .create_user("fund", Tier::Enterprise, "hash")
+        .await
+        .unwrap();
+    let hook = store
+        .create_webhook(
+            user.id,
+            Tier::Enterprise,
+            &NewWebhook {
+                name: name.into(),
+                url: WebhookUrl::parse("https://alerts.example/hook", false).unwrap(),
+                filters: Filters::default(),
+                is_active: true,
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            },
+        )
+        .await
+        .unwrap();
+    (db, store, hook)
+}
