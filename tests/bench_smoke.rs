@@ -3,16 +3,12 @@
 
 use std::process::Command;
 
-#[test]
-fn quick_bench_prints_throughput_and_ceiling_as_json() {
+/// Runs `bench` with `args` and returns its JSON report, failing on a non-zero exit.
+fn bench_json(args: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_kamiyo-webhooks"))
-        .args([
-            "bench",
-            "--quick",
-            "--scenario",
-            "throughput,ceiling",
-            "--json",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         // Quiet logs; the JSON is on stdout either way.
         .env("RUST_LOG", "warn")
         .output()
@@ -24,8 +20,13 @@ fn quick_bench_prints_throughput_and_ceiling_as_json() {
         "bench exited with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         output.status
     );
-    let report: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}"));
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}"))
+}
+
+#[test]
+fn quick_bench_prints_throughput_and_ceiling_as_json() {
+    let report = bench_json(&["--quick", "--scenario", "throughput,ceiling"]);
 
     let deliveries_per_sec = report["throughput"]["deliveries_per_sec"]
         .as_f64()
@@ -59,4 +60,43 @@ fn quick_bench_prints_throughput_and_ceiling_as_json() {
             .unwrap_or_else(|| panic!("no {scenario}.errors in {report}"));
         assert!(errors.is_empty(), "{scenario} reported errors: {report}");
     }
+}
+
+/// With `--rounds`, every pair's ratio is printed and the figures are the median pair's.
+#[test]
+fn rounds_report_every_pair_and_the_median_one() {
+    let report = bench_json(&[
+        "--quick",
+        "--scenario",
+        "throughput,ceiling",
+        "--rounds",
+        "3",
+    ]);
+    let rounds: Vec<f64> = report["throughput_to_ceiling_rounds"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no throughput_to_ceiling_rounds in {report}"))
+        .iter()
+        .map(|r| r.as_f64().expect("a number"))
+        .collect();
+    assert_eq!(rounds.len(), 3, "{report}");
+    assert!(rounds.iter().all(|r| *r > 0.0), "{report}");
+    let mut sorted = rounds.clone();
+    sorted.sort_by(f64::total_cmp);
+    let ratio = report["throughput_to_ceiling"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no throughput_to_ceiling in {report}"));
+    assert_eq!(ratio, sorted[1], "the median pair's ratio: {report}");
+    let notes = report["throughput"]["notes"].to_string();
+    assert!(notes.contains("the median ratio"), "{report}");
+}
+
+#[test]
+fn zero_rounds_is_refused_with_a_message() {
+    let output = Command::new(env!("CARGO_BIN_EXE_kamiyo-webhooks"))
+        .args(["bench", "--quick", "--rounds", "0"])
+        .output()
+        .expect("run the kamiyo-webhooks binary");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--rounds must be at least 1"), "{stderr}");
 }

@@ -104,6 +104,11 @@ pub struct BenchArgs {
     /// database belongs to one process.
     #[arg(long, default_value_t = 0)]
     pub worker_processes: usize,
+    /// Pairs of `throughput` then `ceiling` to run, alternated, when both are selected;
+    /// their figures are the pair's with the median ratio, and every pair's ratio is
+    /// printed. On a shared machine one pair's ratio moved by half between runs.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 /// Runs the selected scenarios and prints the report. `database_url` is the global
@@ -112,6 +117,9 @@ pub struct BenchArgs {
 pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Result<i32> {
     if args.rate == 0 {
         bail!("--rate must be at least 1");
+    }
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
     }
     if args.max_in_flight == 0 || args.max_in_flight_per_endpoint == 0 {
         bail!("--max-in-flight and --max-in-flight-per-endpoint must be at least 1");
@@ -140,15 +148,20 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
             .unwrap_or(Duration::from_secs(if args.quick { 2 } else { 10 })),
     };
     let mut report = Report::new(&env);
+    let paired = args.rounds > 1
+        && selected.contains(&Scenario::Throughput)
+        && selected.contains(&Scenario::Ceiling);
+    let mut pairs_done = false;
     for scenario in selected {
-        tracing::info!(scenario = scenario.name(), "bench scenario starting");
-        let result = scenarios::run(scenario, &env, &report).await;
-        match result {
-            Ok(r) => report.push(r),
-            // A scenario that could not even run is an error of that scenario; the
-            // others still run and report.
-            Err(e) => report.push(report::ScenarioReport::failed(scenario.name(), &e)),
+        if paired && matches!(scenario, Scenario::Throughput | Scenario::Ceiling) {
+            if !pairs_done {
+                run_pairs(&env, args.rounds, &mut report).await;
+                pairs_done = true;
+            }
+            continue;
         }
+        let r = run_scenario(scenario, &env, &report).await;
+        report.push(r);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
@@ -156,6 +169,59 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         print!("{}", report.to_table());
     }
     Ok(if report.has_errors() { 1 } else { 0 })
+}
+
+/// One scenario's report; one that could not even run reports that as its error, and the
+/// others still run and report.
+async fn run_scenario(scenario: Scenario, env: &Env, report: &Report) -> report::ScenarioReport {
+    tracing::info!(scenario = scenario.name(), "bench scenario starting");
+    scenarios::run(scenario, env, report)
+        .await
+        .unwrap_or_else(|e| report::ScenarioReport::failed(scenario.name(), &e))
+}
+
+/// `rounds` pairs of `throughput` then `ceiling`; the report gets the pair with the median
+/// ratio (a pair with an error instead, so no error is hidden) and every pair's ratio.
+async fn run_pairs(env: &Env, rounds: usize, report: &mut Report) {
+    let mut pairs = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        tracing::info!(round, rounds, "bench pair starting");
+        let throughput = run_scenario(Scenario::Throughput, env, report).await;
+        let ceiling = run_scenario(Scenario::Ceiling, env, report).await;
+        pairs.push((throughput, ceiling));
+    }
+    let ratios: Vec<Option<f64>> = pairs
+        .iter()
+        .map(|(t, c)| report::ratio(t, c, "requests_per_sec"))
+        .collect();
+    let failed = pairs
+        .iter()
+        .position(|(t, c)| t.has_errors() || c.has_errors());
+    let chosen = failed
+        .or_else(|| median_index(&ratios))
+        .unwrap_or(rounds - 1);
+    report.set_pair_ratios(ratios.iter().map(|r| r.unwrap_or(0.0)).collect());
+    let (mut throughput, ceiling) = pairs.swap_remove(chosen);
+    throughput.note(format!(
+        "throughput and ceiling are pair {} of {rounds}, the one with the median ratio",
+        chosen + 1
+    ));
+    report.push(throughput);
+    report.push(ceiling);
+}
+
+/// The index of the median of the known values (the lower middle one of an even number).
+fn median_index(values: &[Option<f64>]) -> Option<usize> {
+    let mut known: Vec<(usize, f64)> = values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| v.map(|v| (i, v)))
+        .collect();
+    if known.is_empty() {
+        return None;
+    }
+    known.sort_by(|a, b| a.1.total_cmp(&b.1));
+    Some(known[(known.len() - 1) / 2].0)
 }
 
 /// The scenarios in the order given, without repeats; the default set when none.
@@ -176,6 +242,18 @@ fn selected_scenarios(given: &[Scenario]) -> Vec<Scenario> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_median_pair_is_the_middle_ratio_or_the_lower_middle_one() {
+        assert_eq!(median_index(&[Some(0.5), Some(0.3), Some(0.4)]), Some(2));
+        assert_eq!(
+            median_index(&[Some(0.9), Some(0.1), Some(0.4), Some(0.5)]),
+            Some(2)
+        );
+        assert_eq!(median_index(&[None, Some(0.2), None]), Some(1));
+        assert_eq!(median_index(&[None, None]), None);
+        assert_eq!(median_index(&[]), None);
+    }
 
     #[test]
     fn no_scenario_means_the_default_set_and_repeats_run_once() {

@@ -75,6 +75,10 @@ impl ScenarioReport {
             .and_then(|m| m.value.as_f64())
     }
 
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
     pub fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
     }
@@ -101,6 +105,15 @@ impl ScenarioReport {
 pub struct Report {
     header: String,
     scenarios: Vec<ScenarioReport>,
+    /// Throughput over ceiling of each pair with `--rounds`, in the order run.
+    pair_ratios: Vec<f64>,
+}
+
+/// Deliveries/s of `throughput` over `ceiling`'s figure `key`, to three decimals.
+pub fn ratio(throughput: &ScenarioReport, ceiling: &ScenarioReport, key: &str) -> Option<f64> {
+    let t = throughput.get("deliveries_per_sec")?;
+    let c = ceiling.get(key)?;
+    (c > 0.0).then(|| (t / c * 1000.0).round() / 1000.0)
 }
 
 impl Report {
@@ -117,6 +130,7 @@ impl Report {
         Report {
             header,
             scenarios: Vec::new(),
+            pair_ratios: Vec::new(),
         }
     }
 
@@ -129,21 +143,29 @@ impl Report {
     }
 
     pub fn has_errors(&self) -> bool {
-        self.scenarios.iter().any(|s| !s.errors.is_empty())
+        self.scenarios.iter().any(ScenarioReport::has_errors)
+    }
+
+    pub fn set_pair_ratios(&mut self, ratios: Vec<f64>) {
+        self.pair_ratios = ratios;
     }
 
     /// Deliveries/s of the service over requests/s of a plain client on the same receiver.
     pub fn throughput_to_ceiling(&self) -> Option<f64> {
-        let t = self.scenario("throughput")?.get("deliveries_per_sec")?;
-        let c = self.scenario("ceiling")?.get("requests_per_sec")?;
-        (c > 0.0).then(|| (t / c * 1000.0).round() / 1000.0)
+        ratio(
+            self.scenario("throughput")?,
+            self.scenario("ceiling")?,
+            "requests_per_sec",
+        )
     }
 
     /// The same over the ceiling reqwest reached.
     pub fn throughput_to_reqwest_ceiling(&self) -> Option<f64> {
-        let t = self.scenario("throughput")?.get("deliveries_per_sec")?;
-        let c = self.scenario("ceiling")?.get("reqwest_requests_per_sec")?;
-        (c > 0.0).then(|| (t / c * 1000.0).round() / 1000.0)
+        ratio(
+            self.scenario("throughput")?,
+            self.scenario("ceiling")?,
+            "reqwest_requests_per_sec",
+        )
     }
 
     pub fn to_json(&self) -> Value {
@@ -156,6 +178,12 @@ impl Report {
         }
         if let Some(ratio) = self.throughput_to_reqwest_ceiling() {
             obj.insert("throughput_to_reqwest_ceiling".into(), Value::from(ratio));
+        }
+        if !self.pair_ratios.is_empty() {
+            obj.insert(
+                "throughput_to_ceiling_rounds".into(),
+                Value::from(self.pair_ratios.clone()),
+            );
         }
         Value::Object(obj)
     }
@@ -187,6 +215,14 @@ impl Report {
                 "throughput / reqwest ceiling".into(),
                 String::new(),
                 format!("{ratio:.3}"),
+            ]);
+        }
+        if !self.pair_ratios.is_empty() {
+            let each: Vec<String> = self.pair_ratios.iter().map(|r| format!("{r:.3}")).collect();
+            rows.push([
+                "throughput / ceiling".into(),
+                "each pair, in the order run".into(),
+                each.join(" "),
             ]);
         }
         let w0 = rows.iter().map(|r| r[0].len()).max().unwrap_or(0).max(8);
