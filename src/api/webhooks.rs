@@ -620,9 +620,9 @@ pub async fn test_webhook(
     let claimed = ClaimedDelivery {
         id: delivery_id,
         webhook_id: id,
-        url: webhook.url,
-        secret: webhook.secret,
-        event: EVENT_WEBHOOK_TEST.to_string(),
+        url: webhook.url.into(),
+        secret: webhook.secret.into(),
+        event: EVENT_WEBHOOK_TEST.into(),
         body: body.into(),
         attempt: 1,
         round_attempt: 1,

@@ -595,9 +595,9 @@ mod tests {
         ClaimedDelivery {
             id,
             webhook_id,
-            url: String::new(),
-            secret: String::new(),
-            event: String::new(),
+            url: "".into(),
+            secret: "".into(),
+            event: "".into(),
             body: Default::default(),
             attempt: 1,
             round_attempt: 1,

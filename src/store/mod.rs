@@ -121,10 +121,12 @@ pub struct DeliveryRecord {
 pub struct ClaimedDelivery {
     pub id: i64,
     pub webhook_id: i64,
-    pub url: String,
+    /// Shared by the deliveries of one webhook in a claim, like the secret and the event:
+    /// a claim allocates them once, not once per delivery.
+    pub url: Arc<str>,
     /// The webhook's secret now: signing happens at send time.
-    pub secret: String,
-    pub event: String,
+    pub secret: Arc<str>,
+    pub event: Arc<str>,
     /// Shared by every delivery of the same event in a claim: cloning it copies nothing.
     pub body: bytes::Bytes,
     /// The number of this attempt, 1-based, over the delivery's whole life.

@@ -196,6 +196,9 @@ impl PgStore {
         let mut stopped = Vec::new();
         // One exploit is often claimed for many webhooks: its body is encoded once.
         let mut bodies: HashMap<(i64, String), bytes::Bytes> = HashMap::new();
+        // Each webhook's URL and secret, and each event name, allocated once per claim.
+        let mut targets: HashMap<i64, (Arc<str>, Arc<str>)> = HashMap::new();
+        let mut events: Vec<Arc<str>> = Vec::new();
         for row in &rows {
             let id: i64 = row.try_get("id")?;
             let active: bool = row.try_get("is_active")?;
@@ -223,11 +226,28 @@ impl PgStore {
                 },
                 None => bytes::Bytes::from(body_from_row(row, &event)?),
             };
+            let webhook_id: i64 = row.try_get("webhook_id")?;
+            let (url, secret) = match targets.entry(webhook_id) {
+                Entry::Occupied(t) => t.get().clone(),
+                Entry::Vacant(slot) => {
+                    let url: String = row.try_get("url")?;
+                    let secret = self.secrets.decode(&row.try_get::<String, _>("secret")?)?;
+                    slot.insert((url.into(), secret.into())).clone()
+                }
+            };
+            let event = match events.iter().find(|e| ***e == *event) {
+                Some(e) => e.clone(),
+                None => {
+                    let e: Arc<str> = event.into();
+                    events.push(e.clone());
+                    e
+                }
+            };
             out.push(ClaimedDelivery {
                 id,
-                webhook_id: row.try_get("webhook_id")?,
-                url: row.try_get("url")?,
-                secret: self.secrets.decode(&row.try_get::<String, _>("secret")?)?,
+                webhook_id,
+                url,
+                secret,
                 body,
                 event,
                 attempt: attempts + 1,

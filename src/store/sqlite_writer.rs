@@ -683,8 +683,8 @@ fn claim_past_head(
 
 /// The webhook of claimed deliveries, read once per turn.
 struct Target {
-    url: String,
-    secret: String,
+    url: Arc<str>,
+    secret: Arc<str>,
     live: bool,
 }
 
@@ -749,15 +749,26 @@ fn claim_due(
     )?;
     // A turn often holds one exploit for many webhooks and several deliveries for one
     // webhook: each body is built once, each webhook read and its secret opened once.
-    let mut bodies: FxHashMap<(i64, String), Bytes> = FxHashMap::default();
+    let mut bodies: FxHashMap<(i64, Arc<str>), Bytes> = FxHashMap::default();
     let mut targets: FxHashMap<i64, Target> = FxHashMap::default();
+    // The few event names of a turn, each allocated once.
+    let mut events: Vec<Arc<str>> = Vec::new();
     let mut out = Vec::with_capacity(claimed.len());
     for id in claimed {
         let (webhook_id, event, payload, exploit_id, attempts, schedule_base) =
             read.query_row(params![id], |row| {
+                let name = row.get_ref(1)?.as_str()?;
+                let event = match events.iter().find(|e| &***e == name) {
+                    Some(e) => e.clone(),
+                    None => {
+                        let e: Arc<str> = name.into();
+                        events.push(e.clone());
+                        e
+                    }
+                };
                 Ok((
                     row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
+                    event,
                     row.get::<_, Option<String>>(2)?,
                     row.get::<_, Option<i64>>(3)?,
                     row.get::<_, i64>(4)?,
@@ -775,11 +786,15 @@ fn claim_due(
                     ))
                 })?;
                 let secret = if live {
-                    secrets.decode(&sealed)?
+                    secrets.decode(&sealed)?.into()
                 } else {
-                    String::new()
+                    Arc::from("")
                 };
-                slot.insert(Target { url, secret, live })
+                slot.insert(Target {
+                    url: url.into(),
+                    secret,
+                    live,
+                })
             }
         };
         if !target.live {
