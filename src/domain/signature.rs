@@ -5,15 +5,23 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::secret::standard_webhooks_key;
+use super::secret::{standard_webhooks_key, SECRET_PREFIX};
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// Lowercase hex HMAC-SHA256 of the raw body, keyed with the secret string's UTF-8 bytes.
 pub fn kamiyo_signature(secret: &str, body: &[u8]) -> String {
+    ascii(&kamiyo_signature_ascii(secret, body))
+}
+
+/// `kamiyo_signature` as its 64 ASCII bytes: a request's header is built from it with one
+/// copy, where the `String` took an allocation and a `char` at a time.
+pub fn kamiyo_signature_ascii(secret: &str, body: &[u8]) -> [u8; 64] {
     let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(mac.finalize().into_bytes(), &mut out).expect("64 hex digits");
+    out
 }
 
 /// `v1,` + base64 HMAC-SHA256 of `id.timestamp.body`, keyed with the decoded secret.
@@ -23,14 +31,50 @@ pub fn standard_webhooks_signature(
     timestamp: i64,
     body: &[u8],
 ) -> String {
-    let key = standard_webhooks_key(secret);
-    let mut mac = HmacSha256::new_from_slice(&key).expect("any key length");
+    ascii(&standard_webhooks_signature_ascii(
+        secret, msg_id, timestamp, body,
+    ))
+}
+
+/// Bytes of `v1,` and the base64 of a SHA-256 digest.
+pub const STANDARD_SIGNATURE_LEN: usize = 3 + 44;
+
+/// `standard_webhooks_signature` as its ASCII bytes, built on the stack.
+pub fn standard_webhooks_signature_ascii(
+    secret: &str,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> [u8; STANDARD_SIGNATURE_LEN] {
+    let mut mac = with_standard_key(secret, |key| {
+        HmacSha256::new_from_slice(key).expect("any key length")
+    });
     mac.update(msg_id.as_bytes());
     mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
+    mac.update(itoa::Buffer::new().format(timestamp).as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    let mut out = [0u8; STANDARD_SIGNATURE_LEN];
+    out[..3].copy_from_slice(b"v1,");
+    STANDARD
+        .encode_slice(mac.finalize().into_bytes(), &mut out[3..])
+        .expect("44 base64 digits");
+    out
+}
+
+/// Calls `f` with the secret's Standard Webhooks key, decoded on the stack when it fits
+/// (every secret this service generates does).
+fn with_standard_key<T>(secret: &str, f: impl FnOnce(&[u8]) -> T) -> T {
+    let body = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
+    let mut buf = [0u8; 64];
+    match STANDARD.decode_slice(body, &mut buf) {
+        Ok(n) => f(&buf[..n]),
+        Err(_) => f(&standard_webhooks_key(secret)),
+    }
+}
+
+fn ascii(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).expect("ASCII")
 }
 
 #[cfg(test)]
@@ -45,6 +89,21 @@ mod tests {
             kamiyo_signature("whsec_test", br#"{"a":1}"#),
             "51426af50a41dd7ff2cd3f116594734766d4018d15d6fb07169aee5d2959adf5"
         );
+    }
+
+    /// A secret whose key does not fit the stack buffer, or is not base64, signs with
+    /// the same key as `standard_webhooks_key` gives.
+    #[test]
+    fn long_and_raw_secrets_sign_with_the_key_standard_webhooks_key_gives() {
+        let long = format!("whsec_{}", STANDARD.encode([7u8; 100]));
+        let raw = "whsec_not base64!";
+        for secret in [long.as_str(), raw] {
+            let key = standard_webhooks_key(secret);
+            let mut mac = HmacSha256::new_from_slice(&key).unwrap();
+            mac.update(b"m.1.{}");
+            let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+            assert_eq!(standard_webhooks_signature(secret, "m", 1, b"{}"), expected);
+        }
     }
 
     // The Standard Webhooks specification's published example.
