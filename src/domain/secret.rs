@@ -19,19 +19,33 @@ pub fn generate_webhook_secret() -> String {
     format!("{SECRET_PREFIX}{}", STANDARD.encode(random_32()))
 }
 
+/// The secret without its `whsec_` prefix.
+fn secret_body(secret: &str) -> &str {
+    secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret)
+}
+
 /// What list and get show instead of the secret: enough to tell two secrets apart.
 pub fn secret_hint(secret: &str) -> String {
-    let body = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
-    let shown: String = body.chars().take(4).collect();
+    let shown: String = secret_body(secret).chars().take(4).collect();
     format!("{SECRET_PREFIX}{shown}…")
 }
 
 /// The key bytes of a Standard Webhooks secret (the base64 after `whsec_`).
 pub fn standard_webhooks_key(secret: &str) -> Vec<u8> {
-    let body = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
+    let body = secret_body(secret);
     STANDARD
         .decode(body)
         .unwrap_or_else(|_| body.as_bytes().to_vec())
+}
+
+/// Calls `f` with `standard_webhooks_key(secret)`, decoded on the stack when it fits
+/// (every secret this service generates does): signing needs it for every request.
+pub fn with_standard_webhooks_key<T>(secret: &str, f: impl FnOnce(&[u8]) -> T) -> T {
+    let mut buf = [0u8; 64];
+    match STANDARD.decode_slice(secret_body(secret), &mut buf) {
+        Ok(n) => f(&buf[..n]),
+        Err(_) => f(&standard_webhooks_key(secret)),
+    }
 }
 
 /// A new API key: `kmy_` + URL-safe base64 of 32 random bytes (256 bits of entropy).

@@ -5,7 +5,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::secret::{standard_webhooks_key, SECRET_PREFIX};
+use super::secret::with_standard_webhooks_key;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -46,7 +46,7 @@ pub fn standard_webhooks_signature_ascii(
     timestamp: i64,
     body: &[u8],
 ) -> [u8; STANDARD_SIGNATURE_LEN] {
-    let mut mac = with_standard_key(secret, |key| {
+    let mut mac = with_standard_webhooks_key(secret, |key| {
         HmacSha256::new_from_slice(key).expect("any key length")
     });
     mac.update(msg_id.as_bytes());
@@ -62,17 +62,6 @@ pub fn standard_webhooks_signature_ascii(
     out
 }
 
-/// Calls `f` with the secret's Standard Webhooks key, decoded on the stack when it fits
-/// (every secret this service generates does).
-fn with_standard_key<T>(secret: &str, f: impl FnOnce(&[u8]) -> T) -> T {
-    let body = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
-    let mut buf = [0u8; 64];
-    match STANDARD.decode_slice(body, &mut buf) {
-        Ok(n) => f(&buf[..n]),
-        Err(_) => f(&standard_webhooks_key(secret)),
-    }
-}
-
 fn ascii(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).expect("ASCII")
 }
@@ -80,6 +69,7 @@ fn ascii(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::secret::standard_webhooks_key;
 
     // Computed independently with Python's hmac module:
     // hmac.new(b"whsec_test", b'{"a":1}', hashlib.sha256).hexdigest()

@@ -135,6 +135,17 @@ pub struct ClaimedDelivery {
     pub round_attempt: i64,
 }
 
+/// The shared copy of an event name among the few a claim has seen, added if new: a
+/// claim's deliveries share one allocation per name.
+pub(crate) fn intern(names: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(known) = names.iter().find(|n| &***n == name) {
+        return known.clone();
+    }
+    let new: Arc<str> = name.into();
+    names.push(new.clone());
+    new
+}
+
 /// How an attempt ended, as decided by the retry policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptResult {

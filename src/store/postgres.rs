@@ -235,14 +235,7 @@ impl PgStore {
                     slot.insert((url.into(), secret.into())).clone()
                 }
             };
-            let event = match events.iter().find(|e| ***e == *event) {
-                Some(e) => e.clone(),
-                None => {
-                    let e: Arc<str> = event.into();
-                    events.push(e.clone());
-                    e
-                }
-            };
+            let event = super::intern(&mut events, &event);
             out.push(ClaimedDelivery {
                 id,
                 webhook_id,

@@ -23,9 +23,9 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{oneshot, Notify};
 
 use super::{
-    delivery_outcome, exploit_dedup_key, gone_reason, health_deltas, AttemptRecord, AttemptResult,
-    ClaimPicker, ClaimedDelivery, IngestOutcome, Outcomes, StoreError, StoreResult, TurnClaim,
-    Turned, SUCCESS_TIME_GRAIN_MS,
+    delivery_outcome, exploit_dedup_key, gone_reason, health_deltas, intern, AttemptRecord,
+    AttemptResult, ClaimPicker, ClaimedDelivery, IngestOutcome, Outcomes, StoreError, StoreResult,
+    TurnClaim, Turned, SUCCESS_TIME_GRAIN_MS,
 };
 use crate::domain::exploit::{Exploit, NewExploit};
 use crate::domain::filter::Filters;
@@ -757,18 +757,9 @@ fn claim_due(
     for id in claimed {
         let (webhook_id, event, payload, exploit_id, attempts, schedule_base) =
             read.query_row(params![id], |row| {
-                let name = row.get_ref(1)?.as_str()?;
-                let event = match events.iter().find(|e| &***e == name) {
-                    Some(e) => e.clone(),
-                    None => {
-                        let e: Arc<str> = name.into();
-                        events.push(e.clone());
-                        e
-                    }
-                };
                 Ok((
                     row.get::<_, i64>(0)?,
-                    event,
+                    intern(&mut events, row.get_ref(1)?.as_str()?),
                     row.get::<_, Option<String>>(2)?,
                     row.get::<_, Option<i64>>(3)?,
                     row.get::<_, i64>(4)?,
