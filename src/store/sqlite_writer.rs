@@ -146,6 +146,7 @@ impl HotPath {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        widen_lookaside(&conn)?;
         // NORMAL: outcomes and claims commit without waiting for the disk (after a power
         // cut the worst case is a delivery sent once more); ingest syncs the WAL itself.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -264,6 +265,38 @@ pub(super) fn beside(db: &Path, suffix: &str) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
+}
+
+/// Lookaside slots of the writer's connection (of `LOOKASIDE_SLOT` bytes; SQLite keeps
+/// part of the buffer as smaller slots).
+const LOOKASIDE_SLOTS: i32 = 1000;
+const LOOKASIDE_SLOT: i32 = 1200;
+
+/// Gives the connection a lookaside buffer large enough for its statements' cursors and
+/// values. The default one (about 100 slots) is taken up by the programs of the cached
+/// statements, so every cursor a statement opened and every value it built went to
+/// `malloc`: 14 allocations per queued and delivered row, 7% of the writer's instructions.
+/// Must run before the connection prepares anything.
+fn widen_lookaside(conn: &Connection) -> StoreResult<()> {
+    // SAFETY: the handle is open and used by no other thread yet; with a null buffer
+    // SQLite allocates (and later frees) the lookaside memory itself.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            LOOKASIDE_SLOT,
+            LOOKASIDE_SLOTS,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rc),
+            Some("setting the writer connection's lookaside memory".into()),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 fn busy(tries: i32) -> bool {
@@ -871,6 +904,14 @@ const INSERT_GROUP: usize = 64;
 
 /// `INSERT_GROUP` rows of one exploit: `?1` the exploit, `?2` the event, `?3` the time,
 /// then one webhook per row.
+///
+/// `OR ROLLBACK`: a statement that writes many rows and may fail part way (a NOT NULL or
+/// CHECK constraint) is given a statement journal, into which SQLite copies every page
+/// before the statement first changes it, so that it can undo the statement alone: for
+/// rows of 64 webhooks, some 60 pages of 4 KiB per statement, 3% of the writer's
+/// instructions. No constraint can fail here, and if one did the whole transaction
+/// would be given up anyway (the error ends the ingest), which is what `OR ROLLBACK`
+/// does without the journal.
 fn insert_group_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
@@ -878,7 +919,7 @@ fn insert_group_sql() -> &'static str {
             .map(|i| format!("(?{}, ?1, ?2, 'pending', ?3, ?3)", 4 + i))
             .collect();
         format!(
-            "INSERT INTO deliveries (webhook_id, exploit_id, event, status, next_attempt_at, \
+            "INSERT OR ROLLBACK INTO deliveries (webhook_id, exploit_id, event, status, next_attempt_at, \
              created_at) VALUES {}",
             rows.join(", ")
         )
@@ -1046,6 +1087,72 @@ mod tests {
 
     use super::tests_support::*;
     use super::*;
+
+    /// Allocations a connection's statements wanted from its lookaside memory and had
+    /// to take from `malloc` instead, after ingesting 20 exploits for 100 webhooks and
+    /// delivering them in turns of 80.
+    fn lookaside_misses(path: &Path, widened: bool) -> i32 {
+        let mut conn = Connection::open(path).unwrap();
+        if widened {
+            widen_lookaside(&conn).unwrap();
+        }
+        conn.pragma_update(None, "foreign_keys", false).unwrap();
+        let targets = ingest_targets(&conn).unwrap();
+        let tx = conn.transaction().unwrap();
+        for n in 0..20 {
+            ingest_one(&tx, &targets, &exploit(n), 1).unwrap();
+        }
+        tx.commit().unwrap();
+        let (secrets, claims) = (SecretCodec::plaintext(), Claims::default());
+        let mut records = Vec::new();
+        loop {
+            let claim = Claim {
+                now_ms: 2,
+                lease_until_ms: 60_000,
+                limit: 80,
+                per_endpoint: 16,
+                room: Vec::new(),
+            };
+            let claimed = turn(&mut conn, &secrets, &claims, &records, Some(&claim)).unwrap();
+            if claimed.is_empty() {
+                break;
+            }
+            records = claimed.iter().map(|d| success(d, 2)).collect();
+        }
+        let (mut now, mut high) = (0, 0);
+        // SAFETY: an open handle used by this thread only, and two valid out-pointers.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(
+                conn.handle(),
+                rusqlite::ffi::SQLITE_DBSTATUS_LOOKASIDE_MISS_FULL,
+                &mut now,
+                &mut high,
+                0,
+            )
+        };
+        assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+        high
+    }
+
+    /// The writer's connection serves its statements' cursors and values from lookaside
+    /// memory, which SQLite's default buffer (taken up by the cached statements) did not.
+    #[tokio::test]
+    async fn the_writer_connection_allocates_from_its_lookaside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (default, widened) = (dir.path().join("d.db"), dir.path().join("w.db"));
+        drop(store_with_webhooks(&default, 100).await);
+        drop(store_with_webhooks(&widened, 100).await);
+        let default = lookaside_misses(&default, false);
+        let widened = lookaside_misses(&widened, true);
+        assert!(
+            default > 1000,
+            "the default buffer missed only {default} times: the test no longer shows the difference"
+        );
+        assert!(
+            widened < default / 100,
+            "{widened} misses with the wider buffer against {default} without"
+        );
+    }
 
     /// Ingests `exploits` one by one through a hot path of its own on a fresh database
     /// with 100 webhooks, delivering each batch (claimed, then recorded as a success)
