@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::domain::netguard::NetworkPolicy;
 use crate::domain::payload::{EVENT_EXPLOIT_DETECTED, EVENT_WEBHOOK_TEST};
 use crate::domain::signature::{kamiyo_signature_ascii, standard_webhooks_signature_ascii};
+use crate::domain::time::now_secs;
 
 /// Bytes of the endpoint's answer kept in the delivery log.
 pub const RESPONSE_SNIPPET_BYTES: usize = 1024;
@@ -230,7 +231,7 @@ impl Sender {
             Ok(dest) => dest,
             Err(why) => return SendOutcome::unanswered("request", why.clone(), 0),
         };
-        let timestamp = chrono::Utc::now().timestamp();
+        let timestamp = now_secs();
         // Built whole: a builder would copy every header into a map of its own.
         let mut headers = Self::headers(out, timestamp);
         headers.insert(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT));

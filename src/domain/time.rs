@@ -4,7 +4,21 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
+    since_epoch().as_millis() as i64
+}
+
+/// Whole seconds since the Unix epoch, now.
+pub fn now_secs() -> i64 {
+    since_epoch().as_secs() as i64
+}
+
+/// Read straight from the clock: `chrono::Utc::now()` builds a calendar date from it
+/// (and `timestamp_millis` takes the date apart again), a cost paid several times per
+/// delivery attempt. A clock set before 1970 reads as the epoch.
+fn since_epoch() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// The API's timestamp format (the spec's `2025-10-10T12:34:56`, always UTC).
@@ -50,6 +64,16 @@ pub fn parse_iso8601(s: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The clock read directly agrees with chrono's reading of it.
+    #[test]
+    fn now_agrees_with_chrono() {
+        let before = Utc::now().timestamp_millis();
+        let (ms, secs) = (now_ms(), now_secs());
+        let after = Utc::now().timestamp_millis();
+        assert!(before <= ms && ms <= after, "{before} <= {ms} <= {after}");
+        assert!(before / 1000 <= secs && secs <= after / 1000);
+    }
 
     #[test]
     fn parses_the_usual_spellings_to_utc() {
