@@ -785,19 +785,25 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let since = now_ms - 24 * 3_600_000;
-        // One round trip for a whole list: the figures of every webhook at once.
+        // One round trip for a whole list: the figures of every webhook at once. The
+        // all-time counts come from `deliveries_by_webhook_status` (index-only once
+        // vacuumed); only the last day's deliveries are read, through
+        // `deliveries_finished`, rather than every finished row of the webhook.
         let rows = sqlx::query(
             "SELECT w.id, w.consecutive_failures, w.last_success_at, w.last_failure_at, w.last_error, \
                COALESCE(a.ok_24h, 0) AS ok_24h, COALESCE(a.failed_24h, 0) AS failed_24h, \
-               COALESCE(a.ok_all, 0) AS ok_all, COALESCE(a.failed_all, 0) AS failed_all, a.latency_24h \
+               (SELECT COUNT(*) FROM deliveries d \
+                  WHERE d.webhook_id = w.id AND d.status = 'succeeded') AS ok_all, \
+               (SELECT COUNT(*) FROM deliveries d \
+                  WHERE d.webhook_id = w.id AND d.status = 'failed') AS failed_all, \
+               a.latency_24h \
              FROM webhooks w LEFT JOIN ( \
                SELECT d.webhook_id, \
-                 COUNT(*) FILTER (WHERE d.status = 'succeeded' AND d.last_attempt_at >= $2) AS ok_24h, \
-                 COUNT(*) FILTER (WHERE d.status = 'failed' AND d.last_attempt_at >= $2) AS failed_24h, \
-                 COUNT(*) FILTER (WHERE d.status = 'succeeded') AS ok_all, \
-                 COUNT(*) FILTER (WHERE d.status = 'failed') AS failed_all, \
-                 (AVG(d.latency_ms) FILTER (WHERE d.last_attempt_at >= $2))::float8 AS latency_24h \
-               FROM deliveries d WHERE d.webhook_id = ANY ($1::bigint[]) AND d.status <> 'pending' \
+                 COUNT(*) FILTER (WHERE d.status = 'succeeded') AS ok_24h, \
+                 COUNT(*) FILTER (WHERE d.status = 'failed') AS failed_24h, \
+                 AVG(d.latency_ms)::float8 AS latency_24h \
+               FROM deliveries d WHERE d.webhook_id = ANY ($1::bigint[]) \
+                 AND d.status <> 'pending' AND d.last_attempt_at >= $2 \
                GROUP BY d.webhook_id) a ON a.webhook_id = w.id \
              WHERE w.id = ANY ($1::bigint[])",
         )

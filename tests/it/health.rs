@@ -84,4 +84,104 @@ async fn a_success_moves_the_time_by_the_second_and_a_failure_at_once() {
     );
 }
 
-crate::backend_tests!(a_success_moves_the_time_by_the_second_and_a_failure_at_once);
+/// The delivery figures of health: finished deliveries by status, over all time and
+/// over the 24 hours before `now` by their last attempt (mean latency over the latter),
+/// pending ones in neither; several webhooks at once, in the order asked.
+async fn health_counts_finished_deliveries_over_24_hours_and_all_time() {
+    use kamiyo_webhooks::domain::exploit::NewExploit;
+    use kamiyo_webhooks::domain::filter::Filters;
+    use kamiyo_webhooks::domain::tier::Tier;
+    use kamiyo_webhooks::domain::webhook::{NewWebhook, WebhookUrl};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, store, a) = crate::helpers::store_with_one_webhook(dir.path(), "figures").await;
+    let b = store
+        .create_webhook(
+            a.user_id,
+            Tier::Enterprise,
+            &NewWebhook {
+                name: "second".into(),
+                url: WebhookUrl::parse("https://second.example/hook", false).unwrap(),
+                filters: Filters::default(),
+                is_active: true,
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let exploits: Vec<NewExploit> = (0..8)
+        .map(|_| NewExploit {
+            tx_hash: crate::helpers::unique_tx(),
+            chain: "ethereum".into(),
+            protocol: "aave".into(),
+            amount_usd: 1_000_000.0,
+            timestamp_ms: T0,
+            source: None,
+            source_url: None,
+            category: None,
+            description: None,
+        })
+        .collect();
+    store.ingest_exploits(&exploits).await.unwrap();
+    let now = kamiyo_webhooks::domain::time::now_ms();
+    let mut claimed = store
+        .claim_due_deliveries(now, now + 60_000, 100, 100, &[])
+        .await
+        .unwrap();
+    claimed.sort_by_key(|d| d.id);
+    assert_eq!(claimed.len(), 16);
+    let (old, recent) = (now - 30 * 3_600_000, now - 3_600_000);
+    // (started, latency, result) per delivery in id order; the rest stay unattempted.
+    let a_plan = [
+        (old, 100, AttemptResult::Succeeded),
+        (old, 100, AttemptResult::Failed),
+        (recent, 10, AttemptResult::Succeeded),
+        (recent, 20, AttemptResult::Succeeded),
+        (recent, 30, AttemptResult::Failed),
+        (recent, 1_000, AttemptResult::RetryAt(now + 3_600_000)),
+        (recent, 40, AttemptResult::Succeeded),
+    ];
+    let b_plan = [
+        (recent, 5, AttemptResult::Succeeded),
+        (recent, 7, AttemptResult::Succeeded),
+    ];
+    let mut records = Vec::new();
+    for (hook, plan) in [(a.id, &a_plan[..]), (b.id, &b_plan[..])] {
+        let mine = claimed.iter().filter(|d| d.webhook_id == hook);
+        for (d, (started, latency, result)) in mine.zip(plan) {
+            let ok = *result == AttemptResult::Succeeded;
+            records.push(AttemptRecord {
+                delivery_id: d.id,
+                latency_ms: *latency,
+                result: *result,
+                ..attempt(hook, *started, ok)
+            });
+        }
+    }
+    store.record_attempts(&records).await.unwrap();
+
+    let figures = store.webhooks_health(&[b.id, a.id], now).await.unwrap();
+    let counts = |i: usize| {
+        let h = &figures[i];
+        (
+            h.succeeded_24h,
+            h.failed_24h,
+            h.succeeded_all,
+            h.failed_all,
+            h.mean_latency_ms_24h,
+        )
+    };
+    assert_eq!(counts(0), (2, 0, 2, 0, Some(6.0)), "second webhook");
+    assert_eq!(counts(1), (3, 1, 4, 2, Some(25.0)), "first webhook");
+    let one = store.webhook_health(a.id, now).await.unwrap();
+    assert_eq!(
+        (one.succeeded_24h, one.failed_all),
+        (3, 2),
+        "one webhook's figures are those of the list"
+    );
+}
+
+crate::backend_tests!(
+    a_success_moves_the_time_by_the_second_and_a_failure_at_once,
+    health_counts_finished_deliveries_over_24_hours_and_all_time,
+);
