@@ -1134,6 +1134,28 @@ mod tests {
         high
     }
 
+    /// The bundled SQLite is built with the options of `.cargo/config.toml`: no global
+    /// memory statistics, and a page cache per connection rather than one process-wide
+    /// cache behind a mutex.
+    #[test]
+    fn sqlite_is_built_without_the_global_mutexes() {
+        let conn = Connection::open_in_memory().unwrap();
+        let mut st = conn.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = st
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+    }
+
     /// The writer's connection serves its statements' cursors and values from lookaside
     /// memory, which SQLite's default buffer (taken up by the cached statements) did not.
     #[tokio::test]
