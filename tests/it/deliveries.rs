@@ -210,24 +210,11 @@ async fn each_webhook_sees_only_its_own_deliveries() {
 /// first across statuses, and its total is all of them (on SQLite the page is merged
 /// from one index per status).
 async fn an_unfiltered_log_interleaves_all_statuses_newest_first() {
-    use kamiyo_webhooks::domain::exploit::NewExploit;
     use kamiyo_webhooks::store::{AttemptRecord, AttemptResult, DeliveryStatus, Page};
 
     let dir = tempfile::tempdir().unwrap();
     let (_db, store, hook) = store_with_one_webhook(dir.path(), "log").await;
-    let exploits: Vec<NewExploit> = (0..9)
-        .map(|_| NewExploit {
-            tx_hash: unique_tx(),
-            chain: "ethereum".into(),
-            protocol: "aave".into(),
-            amount_usd: 1_000_000.0,
-            timestamp_ms: 1_700_000_000_000,
-            source: None,
-            source_url: None,
-            category: None,
-            description: None,
-        })
-        .collect();
+    let exploits = new_exploits(9);
     store.ingest_exploits(&exploits).await.unwrap();
     let now = kamiyo_webhooks::domain::time::now_ms();
     let mut claimed = store

@@ -88,40 +88,16 @@ async fn a_success_moves_the_time_by_the_second_and_a_failure_at_once() {
 /// over the 24 hours before `now` by their last attempt (mean latency over the latter),
 /// pending ones in neither; several webhooks at once, in the order asked.
 async fn health_counts_finished_deliveries_over_24_hours_and_all_time() {
-    use kamiyo_webhooks::domain::exploit::NewExploit;
-    use kamiyo_webhooks::domain::filter::Filters;
-    use kamiyo_webhooks::domain::tier::Tier;
-    use kamiyo_webhooks::domain::webhook::{NewWebhook, WebhookUrl};
-
     let dir = tempfile::tempdir().unwrap();
     let (_db, store, a) = crate::helpers::store_with_one_webhook(dir.path(), "figures").await;
-    let b = store
-        .create_webhook(
-            a.user_id,
-            Tier::Enterprise,
-            &NewWebhook {
-                name: "second".into(),
-                url: WebhookUrl::parse("https://second.example/hook", false).unwrap(),
-                filters: Filters::default(),
-                is_active: true,
-                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-            },
-        )
-        .await
-        .unwrap();
-    let exploits: Vec<NewExploit> = (0..8)
-        .map(|_| NewExploit {
-            tx_hash: crate::helpers::unique_tx(),
-            chain: "ethereum".into(),
-            protocol: "aave".into(),
-            amount_usd: 1_000_000.0,
-            timestamp_ms: T0,
-            source: None,
-            source_url: None,
-            category: None,
-            description: None,
-        })
-        .collect();
+    let b = crate::helpers::add_store_webhook(
+        &store,
+        a.user_id,
+        "second",
+        "https://second.example/hook",
+    )
+    .await;
+    let exploits = crate::helpers::new_exploits(8);
     store.ingest_exploits(&exploits).await.unwrap();
     let now = kamiyo_webhooks::domain::time::now_ms();
     let mut claimed = store

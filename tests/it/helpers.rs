@@ -554,10 +554,8 @@ pub async fn store_with_one_webhook(
     Arc<dyn kamiyo_webhooks::store::Store>,
     kamiyo_webhooks::domain::webhook::Webhook,
 ) {
-    use kamiyo_webhooks::domain::filter::Filters;
     use kamiyo_webhooks::domain::secretbox::SecretCodec;
     use kamiyo_webhooks::domain::tier::Tier;
-    use kamiyo_webhooks::domain::webhook::{NewWebhook, WebhookUrl};
 
     let db = TestDatabase::create(dir, name).await;
     let store = kamiyo_webhooks::store::open(&db.url, 2, SecretCodec::plaintext())
@@ -568,19 +566,51 @@ pub async fn store_with_one_webhook(
         .create_user("fund", Tier::Enterprise, "hash")
         .await
         .unwrap();
-    let hook = store
+    let hook = add_store_webhook(&store, user.id, name, "https://alerts.example/hook").await;
+    (db, store, hook)
+}
+
+/// One more unfiltered, active webhook of an enterprise user, created in the store directly.
+pub async fn add_store_webhook(
+    store: &Arc<dyn kamiyo_webhooks::store::Store>,
+    user_id: i64,
+    name: &str,
+    url: &str,
+) -> kamiyo_webhooks::domain::webhook::Webhook {
+    use kamiyo_webhooks::domain::filter::Filters;
+    use kamiyo_webhooks::domain::tier::Tier;
+    use kamiyo_webhooks::domain::webhook::{NewWebhook, WebhookUrl};
+
+    store
         .create_webhook(
-            user.id,
+            user_id,
             Tier::Enterprise,
             &NewWebhook {
                 name: name.into(),
-                url: WebhookUrl::parse("https://alerts.example/hook", false).unwrap(),
+                url: WebhookUrl::parse(url, false).unwrap(),
                 filters: Filters::default(),
                 is_active: true,
                 secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
             },
         )
         .await
-        .unwrap();
-    (db, store, hook)
+        .unwrap()
+}
+
+/// `n` exploits with fresh transaction hashes, each matching an unfiltered webhook, for
+/// tests that ingest through the store directly.
+pub fn new_exploits(n: usize) -> Vec<kamiyo_webhooks::domain::exploit::NewExploit> {
+    (0..n)
+        .map(|_| kamiyo_webhooks::domain::exploit::NewExploit {
+            tx_hash: unique_tx(),
+            chain: "ethereum".into(),
+            protocol: "aave".into(),
+            amount_usd: 1_000_000.0,
+            timestamp_ms: 1_700_000_000_000,
+            source: None,
+            source_url: None,
+            category: None,
+            description: None,
+        })
+        .collect()
 }
