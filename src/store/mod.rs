@@ -271,10 +271,12 @@ pub trait Store: Send + Sync + 'static {
     async fn replace_stored_secrets(&self, changes: &[SecretChange]) -> StoreResult<Vec<i64>>;
 
     /// Stores new exploits and queues a delivery for each matching active webhook;
-    /// duplicates (by chain and tx hash) are reported, not stored. Each exploit is
-    /// stored with all its deliveries or not at all, and all are durable once this
-    /// returns; a backend may commit a large batch in parts, so that deliveries of its
-    /// first exploits start while the rest is stored.
+    /// duplicates (by chain and tx hash) are reported, not stored. All are durable once
+    /// this returns. A backend may commit a large batch in parts, so that deliveries of
+    /// its first exploits start while the rest is stored; an exploit whose deliveries span
+    /// parts and that a crash cuts off is marked, and gets the rest when the process that
+    /// owns the workers next starts (`Store::take_workers`), so that an exploit stored is
+    /// never left with only some of its deliveries.
     async fn ingest_exploits(&self, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>>;
 
     /// The webhook's delivery figures for its health report.

@@ -181,6 +181,7 @@ impl Store for SqliteStore {
 
     fn take_workers(&self) -> StoreResult<()> {
         let Some(path) = &self.workers_lock else {
+            self.hot.own_workers()?;
             return Ok(());
         };
         let mut held = self.workers.lock().unwrap_or_else(|e| e.into_inner());
@@ -198,6 +199,9 @@ impl Store for SqliteStore {
         match file.try_lock() {
             Ok(()) => {
                 *held = Some(file);
+                // Exploits a killed holder left part way through their deliveries get
+                // the rest before this process ingests anything.
+                self.hot.own_workers()?;
                 Ok(())
             }
             Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::WorkersElsewhere(shown)),

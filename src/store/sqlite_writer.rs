@@ -28,7 +28,7 @@ use super::{
     TurnClaim, Turned, SUCCESS_TIME_GRAIN_MS,
 };
 use crate::domain::exploit::{Exploit, NewExploit};
-use crate::domain::filter::Filters;
+use crate::domain::filter::{ExploitFacts, Filters};
 use crate::domain::payload::{encode_event, EVENT_EXPLOIT_DETECTED};
 use crate::domain::secretbox::SecretCodec;
 use crate::domain::time::now_ms;
@@ -75,6 +75,10 @@ enum Command {
     },
     Subscribe {
         wake: Arc<Notify>,
+    },
+    /// This process runs the delivery workers: see `Writer::splits`.
+    OwnWorkers {
+        reply: oneshot::Sender<StoreResult<usize>>,
     },
 }
 
@@ -177,6 +181,7 @@ impl HotPath {
             claims: Claims::default(),
             wake: None,
             waiting: VecDeque::new(),
+            splits: false,
         };
         std::thread::Builder::new()
             .name("kamiyo-sqlite".into())
@@ -230,6 +235,15 @@ impl HotPath {
     /// Whom to wake when ingest has queued deliveries the dispatcher may claim.
     pub(super) fn subscribe(&self, wake: Arc<Notify>) -> StoreResult<()> {
         self.send(Command::Subscribe { wake })
+    }
+
+    /// This process holds the workers' lock: exploits an earlier holder left part way
+    /// through their deliveries get the rest, and this one's ingests may split exploits
+    /// over chunks. The answer (how many exploits were finished) may be dropped.
+    pub(super) fn own_workers(&self) -> StoreResult<oneshot::Receiver<StoreResult<usize>>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::OwnWorkers { reply })?;
+        Ok(answer)
     }
 
     /// Gives claims back without an attempt.
@@ -317,6 +331,12 @@ struct Writer {
     wake: Option<Arc<Notify>>,
     /// Ingests that arrived while another one was between its chunks.
     waiting: VecDeque<Command>,
+    /// Whether an exploit's deliveries may span chunks. Only in the process that holds
+    /// the workers' lock: one killed part way leaves the exploit marked, and the next
+    /// holder of the lock inserts the rest (`finish_fanouts`) knowing that no live
+    /// process is still at it. Another process (the `ingest` command beside `serve`)
+    /// commits each exploit whole, as the lock's holder would not know whether it lives.
+    splits: bool,
 }
 
 impl Writer {
@@ -395,6 +415,22 @@ impl Writer {
                 let _ = reply.send(next_claimable_at(&self.conn, &self.claims, now_ms, &busy));
             }
             Command::Subscribe { wake } => self.wake = Some(wake),
+            Command::OwnWorkers { reply } => {
+                let finished = finish_fanouts(&mut self.conn);
+                match &finished {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        exploits = n,
+                        "queued the rest of the deliveries of exploits a stop had cut off"
+                    ),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "could not queue the rest of the deliveries of exploits a stop had cut off; tried again at the next start"
+                    ),
+                }
+                self.splits = true;
+                let _ = reply.send(finished);
+            }
             ingest @ Command::Ingest { .. } => self.waiting.push_back(ingest),
         }
     }
@@ -426,11 +462,13 @@ impl Writer {
         }
     }
 
-    /// Stores the batch in chunks of whole exploits, each its own transaction; whether
-    /// anything was written, which must be made durable (an fsync of the WAL, by
-    /// `sync_wal`) before the ingest is answered. A crash part way leaves the chunks
-    /// already committed, each exploit with all its deliveries: the client, unanswered,
-    /// sends the batch again, and those come back as duplicates.
+    /// Stores the batch in chunks of a bounded number of rows, each its own transaction;
+    /// whether anything was written, which must be made durable (an fsync of the WAL, by
+    /// `sync_wal`) before the ingest is answered. An exploit with many deliveries may span
+    /// chunks: its row goes in the first, with how far its deliveries have got
+    /// (`fanout_after`), so that a crash part way is finished at the next start
+    /// (`finish_fanouts`). The client, unanswered, sends the batch again, and those come
+    /// back as duplicates with all their deliveries.
     fn ingest(
         &mut self,
         exploits: &[NewExploit],
@@ -440,38 +478,59 @@ impl Writer {
         let targets = ingest_targets(&self.conn)?;
         let mut outcomes = Vec::with_capacity(exploits.len());
         let mut rest = exploits;
+        let mut fanout: Option<Fanout> = None;
         let mut wrote = false;
-        while !rest.is_empty() {
+        while !rest.is_empty() || fanout.is_some() {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut rows = 0;
-            // A command that came in while this chunk was written ends the chunk at the
-            // exploit's end once it holds a few hundred rows: a dispatcher turn waits about
-            // one exploit, not a whole chunk, and small exploits still share a commit.
+            // A command that came in while this chunk was written ends the chunk once it
+            // holds a few hundred rows: a dispatcher turn waits about that many, not a
+            // whole chunk, and small exploits still share a commit.
             let mut arrived = None;
-            while let Some((e, more)) = rest.split_first() {
-                if rows >= INGEST_CHUNK_ROWS || (arrived.is_some() && rows >= INGEST_CHUNK_MIN_ROWS)
-                {
+            loop {
+                let full = rows >= INGEST_CHUNK_ROWS
+                    || (arrived.is_some() && rows >= INGEST_CHUNK_MIN_ROWS);
+                if full && (fanout.is_none() || self.splits) {
                     break;
                 }
-                let outcome = ingest_one(&tx, &targets, e, now)?;
-                rows += 1 + outcome.matched as usize;
-                wrote |= !outcome.duplicate;
-                outcomes.push(outcome);
-                rest = more;
+                if fanout.is_none() {
+                    let Some((e, more)) = rest.split_first() else {
+                        break;
+                    };
+                    let (outcome, started) = store_exploit(&tx, &targets, e, now)?;
+                    rows += 1;
+                    wrote |= !outcome.duplicate;
+                    outcomes.push(outcome);
+                    fanout = started;
+                    rest = more;
+                }
+                // An exploit's first step goes with its row: one of a few deliveries is
+                // never split.
+                if let Some(f) = fanout.as_mut() {
+                    rows += f.step(&tx, now)?;
+                    if f.is_done() {
+                        f.finish(&tx)?;
+                        fanout = None;
+                    }
+                }
                 if arrived.is_none() {
                     arrived = commands.try_recv().ok();
                 }
             }
+            if let Some(f) = fanout.as_mut() {
+                f.mark(&tx)?;
+            }
             tx.commit()?;
-            if !rest.is_empty() && rows > 0 {
+            let more = !rest.is_empty() || fanout.is_some();
+            if more && rows > 0 {
                 self.wake_dispatcher();
             }
             if let Some(command) = arrived {
                 self.handle(command);
             }
-            if !rest.is_empty() {
+            if more {
                 self.serve_arrived(commands);
             }
         }
@@ -868,9 +927,9 @@ fn claim_due(
     Ok(out)
 }
 
-/// Rows an ingest chunk writes before it commits (at an exploit's end: an exploit and its
-/// deliveries always commit together). A chunk takes a few milliseconds, the longest a
-/// dispatcher turn waits behind an ingest.
+/// Rows an ingest chunk writes before it commits (part way through an exploit's
+/// deliveries only in the process that owns the workers: `Writer::splits`). A chunk takes
+/// a few milliseconds, the longest a dispatcher turn waits behind an ingest.
 const INGEST_CHUNK_ROWS: usize = 1024;
 /// Rows a chunk holds at least before a waiting command ends it: committing every
 /// exploit of one delivery each would cost a commit per row.
@@ -880,7 +939,7 @@ const INGEST_CHUNK_MIN_ROWS: usize = 256;
 fn ingest_targets(conn: &Connection) -> StoreResult<Vec<(i64, Filters)>> {
     let mut st = conn.prepare_cached(
         "SELECT id, min_amount_usd, chains, protocols, categories FROM webhooks \
-         WHERE deleted_at IS NULL AND is_active = 1",
+         WHERE deleted_at IS NULL AND is_active = 1 ORDER BY id",
     )?;
     let mut rows = st.query([])?;
     let mut targets = Vec::new();
@@ -926,13 +985,14 @@ fn insert_group_sql() -> &'static str {
     })
 }
 
-/// Stores one exploit, unless a duplicate, and queues its deliveries.
-fn ingest_one(
+/// Stores one exploit, unless a duplicate; the deliveries it is to get, inserted by
+/// `Fanout::step`.
+fn store_exploit(
     tx: &rusqlite::Transaction<'_>,
     targets: &[(i64, Filters)],
     e: &NewExploit,
     now: i64,
-) -> StoreResult<IngestOutcome> {
+) -> StoreResult<(IngestOutcome, Option<Fanout>)> {
     let mut insert_exploit = tx.prepare_cached(
         "INSERT INTO exploits (dedup_key, tx_hash, chain, protocol, amount_usd, timestamp, \
          source, source_url, category, description, detected_at) \
@@ -961,51 +1021,165 @@ fn ingest_one(
     let Some(id) = inserted else {
         let mut existing = tx.prepare_cached("SELECT id FROM exploits WHERE dedup_key = ?1")?;
         let id: i64 = existing.query_row(params![key], |row| row.get(0))?;
-        return Ok(IngestOutcome {
-            id,
-            duplicate: true,
-            matched: 0,
-        });
+        return Ok((
+            IngestOutcome {
+                id,
+                duplicate: true,
+                matched: 0,
+            },
+            None,
+        ));
     };
-    let facts = e.facts();
-    let matched: Vec<i64> = targets
+    let webhooks = matching(targets, &e.facts(), i64::MIN);
+    let outcome = IngestOutcome {
+        id,
+        duplicate: false,
+        matched: webhooks.len() as u32,
+    };
+    let fanout = (!webhooks.is_empty()).then_some(Fanout {
+        exploit_id: id,
+        webhooks,
+        done: 0,
+        marked: false,
+    });
+    Ok((outcome, fanout))
+}
+
+/// The webhooks, of id above `after`, that an exploit with `facts` goes to, in id order.
+fn matching(targets: &[(i64, Filters)], facts: &ExploitFacts<'_>, after: i64) -> Vec<i64> {
+    targets
         .iter()
-        .filter(|(_, filters)| filters.matches(&facts))
+        .filter(|(webhook_id, filters)| *webhook_id > after && filters.matches(facts))
         .map(|(webhook_id, _)| *webhook_id)
-        .collect();
-    // Rows go in groups of `INSERT_GROUP`, the rest one by one: a statement's own cost
-    // (its cursors on the table and each index, opened and closed) was a fifth of a row's.
-    // (One `INSERT ... SELECT ... FROM json_each(?)` per exploit was slower for exploits
-    // of 50 deliveries: filling the `logs` bench took 40 s against 30 s.)
-    let mut groups = matched.chunks_exact(INSERT_GROUP);
-    if groups.len() > 0 {
-        let mut group = tx.prepare_cached(insert_group_sql())?;
-        for ids in groups.by_ref() {
-            group.raw_bind_parameter(1, id)?;
+        .collect()
+}
+
+/// Inserts the deliveries still to come of exploits whose ingest stopped part way through
+/// them (the process was killed between two chunks); how many exploits. The webhooks
+/// they go to are matched again, past the last one given its delivery, and the rows get
+/// the time of the exploit's ingest, as their siblings did.
+fn finish_fanouts(conn: &mut Connection) -> StoreResult<usize> {
+    type Unfinished = (i64, i64, String, String, Option<String>, f64, i64);
+    let unfinished: Vec<Unfinished> = conn
+        .prepare(
+            "SELECT id, fanout_after, chain, protocol, category, amount_usd, detected_at \
+             FROM exploits WHERE fanout_after IS NOT NULL ORDER BY id",
+        )?
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    if unfinished.is_empty() {
+        return Ok(0);
+    }
+    let targets = ingest_targets(conn)?;
+    for (exploit_id, after, chain, protocol, category, amount_usd, ingested_at) in &unfinished {
+        let facts = ExploitFacts {
+            chain,
+            protocol,
+            category: category.as_deref(),
+            amount_usd: *amount_usd,
+        };
+        let mut fanout = Fanout {
+            exploit_id: *exploit_id,
+            webhooks: matching(&targets, &facts, *after),
+            done: 0,
+            marked: true,
+        };
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        while !fanout.is_done() {
+            fanout.step(&tx, *ingested_at)?;
+        }
+        fanout.finish(&tx)?;
+        tx.commit()?;
+        tracing::info!(
+            exploit_id,
+            deliveries = fanout.webhooks.len(),
+            "queued the rest of an exploit's deliveries"
+        );
+    }
+    Ok(unfinished.len())
+}
+
+/// An exploit stored whose deliveries are being inserted, in webhook id order.
+struct Fanout {
+    exploit_id: i64,
+    webhooks: Vec<i64>,
+    /// How many of `webhooks` have their delivery.
+    done: usize,
+    /// Its row holds how far its deliveries have got: it outlasted a chunk.
+    marked: bool,
+}
+
+impl Fanout {
+    fn is_done(&self) -> bool {
+        self.done == self.webhooks.len()
+    }
+
+    /// Inserts the next deliveries: a group of `INSERT_GROUP` in one statement (a
+    /// statement's own cost, its cursors on the table and each index opened and closed,
+    /// was a fifth of a row's), or the last few one by one. How many.
+    fn step(&mut self, tx: &rusqlite::Transaction<'_>, now: i64) -> StoreResult<usize> {
+        let left = &self.webhooks[self.done..];
+        let n = if left.len() >= INSERT_GROUP {
+            let mut group = tx.prepare_cached(insert_group_sql())?;
+            group.raw_bind_parameter(1, self.exploit_id)?;
             group.raw_bind_parameter(2, EVENT_EXPLOIT_DETECTED)?;
             group.raw_bind_parameter(3, now)?;
-            for (i, webhook_id) in ids.iter().enumerate() {
+            for (i, webhook_id) in left[..INSERT_GROUP].iter().enumerate() {
                 group.raw_bind_parameter(4 + i, webhook_id)?;
             }
             group.raw_execute()?;
-        }
+            INSERT_GROUP
+        } else {
+            // (One `INSERT ... SELECT ... FROM json_each(?)` per exploit was slower for
+            // exploits of 50 deliveries: filling the `logs` bench took 40 s against 30 s.)
+            let mut one = tx.prepare_cached(
+                "INSERT INTO deliveries (webhook_id, exploit_id, event, status, next_attempt_at, created_at) \
+                 VALUES (?4, ?1, ?2, 'pending', ?3, ?3)",
+            )?;
+            for webhook_id in left {
+                one.execute(params![
+                    self.exploit_id,
+                    EVENT_EXPLOIT_DETECTED,
+                    now,
+                    webhook_id
+                ])?;
+            }
+            left.len()
+        };
+        self.done += n;
+        Ok(n)
     }
-    let rest = groups.remainder();
-    if !rest.is_empty() {
-        let mut one = tx.prepare_cached(
-            "INSERT INTO deliveries (webhook_id, exploit_id, event, status, next_attempt_at, created_at) \
-             VALUES (?4, ?1, ?2, 'pending', ?3, ?3)",
-        )?;
-        for webhook_id in rest {
-            one.execute(params![id, EVENT_EXPLOIT_DETECTED, now, webhook_id])?;
-        }
+
+    /// Before a chunk's commit with deliveries still to insert: where to go on from.
+    fn mark(&mut self, tx: &rusqlite::Transaction<'_>) -> StoreResult<()> {
+        let after = match self.done {
+            0 => i64::MIN,
+            n => self.webhooks[n - 1],
+        };
+        tx.prepare_cached("UPDATE exploits SET fanout_after = ?2 WHERE id = ?1")?
+            .execute(params![self.exploit_id, after])?;
+        self.marked = true;
+        Ok(())
     }
-    let matched = matched.len() as u32;
-    Ok(IngestOutcome {
-        id,
-        duplicate: false,
-        matched,
-    })
+
+    /// All its deliveries are in.
+    fn finish(&self, tx: &rusqlite::Transaction<'_>) -> StoreResult<()> {
+        if self.marked {
+            tx.prepare_cached("UPDATE exploits SET fanout_after = NULL WHERE id = ?1")?
+                .execute(params![self.exploit_id])?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -1100,7 +1274,12 @@ mod tests {
         let targets = ingest_targets(&conn).unwrap();
         let tx = conn.transaction().unwrap();
         for n in 0..20 {
-            ingest_one(&tx, &targets, &exploit(n), 1).unwrap();
+            let (_, fanout) = store_exploit(&tx, &targets, &exploit(n), 1).unwrap();
+            if let Some(mut f) = fanout {
+                while !f.is_done() {
+                    f.step(&tx, 1).unwrap();
+                }
+            }
         }
         tx.commit().unwrap();
         let (secrets, claims) = (SecretCodec::plaintext(), Claims::default());
@@ -1585,16 +1764,18 @@ mod tests {
         }
     }
 
-    /// A batch of four exploits for 700 webhooks is stored in chunks of whole exploits; a
-    /// claim sent while the first exploit is written ends that chunk at the exploit's end
-    /// and sees that exploit only, and the answer still holds every exploit, a duplicate
-    /// inside the batch included.
+    /// A batch of four exploits for 700 webhooks is stored in chunks; a claim sent while
+    /// the first exploit is written ends that chunk once it holds 256 rows, part way
+    /// through the exploit, and sees the deliveries written so far. The answer still holds
+    /// every exploit, a duplicate inside the batch included, every delivery is there once
+    /// afterwards, and no exploit is left marked unfinished.
     #[tokio::test]
-    async fn a_large_ingest_commits_in_chunks_of_whole_exploits_with_turns_between() {
+    async fn a_large_ingest_commits_in_chunks_with_turns_between_even_inside_an_exploit() {
         const WEBHOOKS: usize = 700;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let store = store_with_webhooks(&path, WEBHOOKS).await;
+        store.take_workers().unwrap();
         let batch = vec![exploit(1), exploit(2), exploit(3), exploit(1), exploit(4)];
         let (outcomes, claimed, claim_first) =
             ingest_with_a_claim_queued(&store, &path, batch).await;
@@ -1604,13 +1785,80 @@ mod tests {
         assert_eq!(matched, [700, 700, 700, 0, 700]);
         assert!(outcomes[3].duplicate && outcomes[3].id == outcomes[0].id);
         assert!(claim_first, "the claim ran before the ingest ended");
-        // Without the claim the first chunk would be two exploits (1,402 rows); the claim
-        // waited for the first exploit only, and saw all of it.
-        assert_eq!(claimed.len(), WEBHOOKS, "{} claimed", claimed.len());
+        // Without the claim the first chunk would be 1,024 rows and more; the claim waited
+        // for the exploit's row and four groups of 64 of its deliveries.
+        assert_eq!(claimed.len(), 4 * INSERT_GROUP, "{} claimed", claimed.len());
         assert_eq!(exploit_ids(&claimed), [outcomes[0].id].into());
 
         // All of it is there afterwards, and claimable once.
-        assert_eq!(claim_the_rest(&store).await, 3 * WEBHOOKS);
+        assert_eq!(claim_the_rest(&store).await, 4 * WEBHOOKS - claimed.len());
+        let conn = Connection::open(&path).unwrap();
+        let unfinished: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM exploits WHERE fanout_after IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(unfinished, 0);
+    }
+
+    /// An ingest killed between two chunks of an exploit's deliveries leaves the exploit
+    /// marked with how far they got; the writer's next start inserts the rest, each
+    /// matching webhook getting exactly one delivery, at the exploit's ingest time, and
+    /// clears the mark.
+    #[tokio::test]
+    async fn an_exploit_cut_off_part_way_through_its_deliveries_gets_the_rest_at_the_next_start() {
+        const WEBHOOKS: usize = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        drop(store_with_webhooks(&path, WEBHOOKS).await);
+        // What the writer leaves committed when killed after its first chunk: the exploit's
+        // row, two groups of its deliveries, and the mark.
+        let ingested_at = 1_700_000_000_000;
+        let (exploit_id, first_part) = {
+            let mut conn = Connection::open(&path).unwrap();
+            let targets = ingest_targets(&conn).unwrap();
+            let tx = conn.transaction().unwrap();
+            let (outcome, fanout) = store_exploit(&tx, &targets, &exploit(7), ingested_at).unwrap();
+            let mut f = fanout.unwrap();
+            assert_eq!(f.webhooks.len(), WEBHOOKS);
+            f.step(&tx, ingested_at).unwrap();
+            f.step(&tx, ingested_at).unwrap();
+            f.mark(&tx).unwrap();
+            tx.commit().unwrap();
+            (outcome.id, f.done)
+        };
+        assert_eq!(first_part, 2 * INSERT_GROUP);
+        let count = |sql: &str| -> i64 {
+            Connection::open(&path)
+                .unwrap()
+                .query_row(sql, params![exploit_id], |r| r.get(0))
+                .unwrap()
+        };
+        let per_exploit = "SELECT count(*) FROM deliveries WHERE exploit_id = ?1";
+        assert_eq!(count(per_exploit), first_part as i64);
+
+        let hot = HotPath::open(&path, SecretCodec::plaintext(), 8192).unwrap();
+        assert_eq!(hot.own_workers().unwrap().await.unwrap().unwrap(), 1);
+        assert_eq!(count(per_exploit), WEBHOOKS as i64);
+        assert_eq!(
+            count(
+                "SELECT count(DISTINCT webhook_id) FROM deliveries WHERE exploit_id = ?1 \
+                 AND created_at = 1700000000000 AND next_attempt_at = 1700000000000 \
+                 AND status = 'pending'"
+            ),
+            WEBHOOKS as i64
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM exploits WHERE id = ?1 AND fanout_after IS NOT NULL"),
+            0
+        );
+        // A second start finds nothing left to do.
+        drop(hot);
+        let hot = HotPath::open(&path, SecretCodec::plaintext(), 8192).unwrap();
+        assert_eq!(hot.own_workers().unwrap().await.unwrap().unwrap(), 0);
+        assert_eq!(count(per_exploit), WEBHOOKS as i64);
     }
 
     /// Small exploits (51 rows each) still share a commit while a claim waits: the chunk

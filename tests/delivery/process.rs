@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use kamiyo_webhooks::config::Role;
-use reqwest::Client;
+use reqwest::{Client, Method};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -457,6 +457,95 @@ async fn a_second_worker_process_on_one_sqlite_file_is_refused_with_the_reason()
     server.ingest_one(exploit_of("Other")).await;
     receiver.wait_for("/a", 2, Duration::from_secs(10)).await;
     assert_eq!(server.deliveries(&hook).await.len(), 2);
+}
+
+/// On SQLite an exploit's deliveries are committed in parts, so that outcomes and claims
+/// need not wait for thousands of rows. A SIGKILL between two parts leaves the exploit
+/// marked with how far its deliveries got, and the next start queues the rest: every
+/// exploit stored ends up with exactly one delivery per webhook, cut off or not.
+#[tokio::test]
+async fn a_sigkill_part_way_through_an_exploits_deliveries_loses_none_of_them() {
+    const WEBHOOKS: i64 = 3000;
+    let receiver = TestReceiver::start().await;
+    let mut server = Server::start(&receiver, &[]).await;
+    let key = server.create_user().await;
+    server
+        .create_hook_with(&key, json!({"name": "w", "url": receiver.url("/w")}))
+        .await;
+    server.terminate();
+    server.wait_for_exit(Duration::from_secs(10)).await;
+    // More webhooks than a part holds rows: copies of that one, written into the file
+    // (through the API this would take most of a minute in a debug build).
+    let path = server.dir.path().join("kamiyo.db");
+    let db = || rusqlite::Connection::open(&path).unwrap();
+    db().execute(
+        "WITH RECURSIVE n(i) AS (SELECT 2 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+         INSERT INTO webhooks (user_id, name, url, is_active, secret, created_at, updated_at) \
+         SELECT user_id, name || i, url, 1, secret, created_at, updated_at \
+         FROM n, webhooks WHERE webhooks.id = 1",
+        [WEBHOOKS],
+    )
+    .unwrap();
+    let marked = || -> i64 {
+        db().query_row(
+            "SELECT count(*) FROM exploits WHERE fanout_after IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+
+    // Kills at growing delays into an ingest of four exploits, until one lands between
+    // two parts of an exploit.
+    let mut cut_off = 0;
+    for round in 0..12u64 {
+        server.spawn().await;
+        let batch: Vec<Value> = (0..4).map(|_| exploit()).collect();
+        let request = server.admin(Method::POST, EXPLOITS).json(&json!(batch));
+        let sent = tokio::spawn(request.send());
+        tokio::time::sleep(ms(10 + 15 * round)).await;
+        server.kill();
+        let _ = sent.await;
+        cut_off += marked();
+        if cut_off > 0 {
+            break;
+        }
+    }
+    assert!(cut_off > 0, "no kill landed inside an exploit's deliveries");
+
+    server.spawn().await;
+    let start = Instant::now();
+    while marked() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the cut-off exploit was not finished:\n{}",
+            server.logs()
+        );
+        tokio::time::sleep(ms(50)).await;
+    }
+    let per_exploit: Vec<(i64, i64, i64)> = db()
+        .prepare(
+            "SELECT e.id, count(d.id), count(DISTINCT d.webhook_id) FROM exploits e \
+             LEFT JOIN deliveries d ON d.exploit_id = e.id GROUP BY e.id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!per_exploit.is_empty());
+    for (id, rows, webhooks) in per_exploit {
+        assert_eq!(
+            (rows, webhooks),
+            (WEBHOOKS, WEBHOOKS),
+            "exploit {id}: {rows} deliveries to {webhooks} webhooks"
+        );
+    }
+    assert!(
+        server.logs().contains("a stop had cut off"),
+        "the start said what it finished:\n{}",
+        server.logs()
+    );
 }
 
 crate::backend_tests!(
