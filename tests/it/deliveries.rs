@@ -214,14 +214,7 @@ async fn an_unfiltered_log_interleaves_all_statuses_newest_first() {
 
     let dir = tempfile::tempdir().unwrap();
     let (_db, store, hook) = store_with_one_webhook(dir.path(), "log").await;
-    let exploits = new_exploits(9);
-    store.ingest_exploits(&exploits).await.unwrap();
-    let now = kamiyo_webhooks::domain::time::now_ms();
-    let mut claimed = store
-        .claim_due_deliveries(now, now + 60_000, 100, 100, &[])
-        .await
-        .unwrap();
-    claimed.sort_by_key(|d| d.id);
+    let (now, claimed) = crate::helpers::ingest_and_claim_all(&store, 9).await;
     assert_eq!(claimed.len(), 9);
     // Ids in order: succeeded, failed, pending, succeeded, failed, pending, ...
     let status_of = |i: usize| {

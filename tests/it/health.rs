@@ -97,14 +97,7 @@ async fn health_counts_finished_deliveries_over_24_hours_and_all_time() {
         "https://second.example/hook",
     )
     .await;
-    let exploits = crate::helpers::new_exploits(8);
-    store.ingest_exploits(&exploits).await.unwrap();
-    let now = kamiyo_webhooks::domain::time::now_ms();
-    let mut claimed = store
-        .claim_due_deliveries(now, now + 60_000, 100, 100, &[])
-        .await
-        .unwrap();
-    claimed.sort_by_key(|d| d.id);
+    let (now, claimed) = crate::helpers::ingest_and_claim_all(&store, 8).await;
     assert_eq!(claimed.len(), 16);
     let (old, recent) = (now - 30 * 3_600_000, now - 3_600_000);
     // (started, latency, result) per delivery in id order; the rest stay unattempted.

@@ -614,3 +614,19 @@ pub fn new_exploits(n: usize) -> Vec<kamiyo_webhooks::domain::exploit::NewExploi
         })
         .collect()
 }
+
+/// Ingests `n` fresh exploits through the store and claims every delivery due; the
+/// claim's time and the claimed deliveries in id order.
+pub async fn ingest_and_claim_all(
+    store: &Arc<dyn kamiyo_webhooks::store::Store>,
+    n: usize,
+) -> (i64, Vec<kamiyo_webhooks::store::ClaimedDelivery>) {
+    store.ingest_exploits(&new_exploits(n)).await.unwrap();
+    let now = kamiyo_webhooks::domain::time::now_ms();
+    let mut claimed = store
+        .claim_due_deliveries(now, now + 60_000, 100, 100, &[])
+        .await
+        .unwrap();
+    claimed.sort_by_key(|d| d.id);
+    (now, claimed)
+}
