@@ -1885,7 +1885,8 @@ mod tests {
 #[cfg(test)]
 mod timing {
     //! Not a test: times the writer's phases (ingest, then turns of 80 outcomes and a
-    //! claim) on a fresh file with 1,000 webhooks, for A/B runs of changes to them:
+    //! claim) on a fresh file with 1,000 webhooks and 100 exploits (`TIMING_WEBHOOKS`,
+    //! `TIMING_EXPLOITS`), for A/B runs of changes to them:
     //! `cargo test --release --lib writer_phase_timings -- --ignored --nocapture`.
     //! `TIMING_SQL` is run on the file first (`DROP INDEX ...` prices an index);
     //! `TIMING_FRAMES` counts WAL frames instead of timing. `TIMING_ROUNDS=N` repeats
@@ -1899,11 +1900,19 @@ mod timing {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore]
     async fn writer_phase_timings() {
-        const WEBHOOKS: usize = 1000;
-        const EXPLOITS: usize = 100;
+        let from_env = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let (webhooks, exploits) = (
+            from_env("TIMING_WEBHOOKS", 1000),
+            from_env("TIMING_EXPLOITS", 100),
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
-        drop(store_with_webhooks(&path, WEBHOOKS).await);
+        drop(store_with_webhooks(&path, webhooks).await);
         if let Ok(sql) = std::env::var("TIMING_SQL") {
             Connection::open(&path)
                 .unwrap()
@@ -1944,20 +1953,17 @@ mod timing {
                 .collect();
             (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
         };
-        let rounds: usize = std::env::var("TIMING_ROUNDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
+        let rounds = from_env("TIMING_ROUNDS", 1);
         for round in 0..rounds {
             let (t, c) = (Instant::now(), cpu());
-            for chunk in (round * EXPLOITS..(round + 1) * EXPLOITS)
+            for chunk in (round * exploits..(round + 1) * exploits)
                 .collect::<Vec<_>>()
                 .chunks(10)
             {
                 let batch: Vec<NewExploit> = chunk.iter().map(|n| exploit(*n)).collect();
                 hot.ingest(&batch).await.unwrap();
             }
-            let rows = (WEBHOOKS * EXPLOITS) as f64;
+            let rows = (webhooks * exploits) as f64;
             println!(
                 "ingest: {:.2} us/row wall, {:.2} us/row CPU, {:.3} WAL frames/row",
                 t.elapsed().as_secs_f64() * 1e6 / rows,
@@ -1983,7 +1989,7 @@ mod timing {
                 }
                 records = claimed.iter().map(|d| success(d, now)).collect();
             }
-            assert_eq!(delivered, WEBHOOKS * EXPLOITS);
+            assert_eq!(delivered, webhooks * exploits);
             println!(
             "turns of 80: {:.2} us/delivery wall, {:.2} us/delivery CPU, {:.3} WAL frames/delivery",
             t.elapsed().as_secs_f64() * 1e6 / rows,
