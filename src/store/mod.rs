@@ -272,11 +272,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores new exploits and queues a delivery for each matching active webhook;
     /// duplicates (by chain and tx hash) are reported, not stored. All are durable once
-    /// this returns. A backend may commit a large batch in parts, so that deliveries of
-    /// its first exploits start while the rest is stored; an exploit whose deliveries span
-    /// parts and that a crash cuts off is marked, and gets the rest when the process that
-    /// owns the workers next starts (`Store::take_workers`), so that an exploit stored is
-    /// never left with only some of its deliveries.
+    /// this returns. A backend may commit a large batch in parts, so that deliveries start
+    /// while the rest is stored (SQLite takes up to 16 exploits at a time and inserts
+    /// their deliveries webhook by webhook, the first webhooks' first); an exploit whose
+    /// deliveries span parts and that a crash cuts off is marked, and gets the rest when
+    /// the process that owns the workers next starts (`Store::take_workers`), so that an
+    /// exploit stored is never left with only some of its deliveries.
     async fn ingest_exploits(&self, exploits: &[NewExploit]) -> StoreResult<Vec<IngestOutcome>>;
 
     /// The webhook's delivery figures for its health report.
