@@ -1203,7 +1203,7 @@ impl Wave {
                 group.raw_bind_parameter(4 + 2 * i, exploit_id)?;
             }
             group.raw_execute()?;
-        } else {
+        } else if !pairs.is_empty() {
             // (One `INSERT ... SELECT ... FROM json_each(?)` per exploit was slower for
             // exploits of 50 deliveries: filling the `logs` bench took 40 s against 30 s.)
             let mut one = tx.prepare_cached(
