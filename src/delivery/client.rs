@@ -18,7 +18,7 @@ use super::connect::{tls_config, Connector, ConnectorConfig, Destination, Origin
 use crate::config::Config;
 use crate::domain::netguard::NetworkPolicy;
 use crate::domain::payload::{EVENT_EXPLOIT_DETECTED, EVENT_WEBHOOK_TEST};
-use crate::domain::signature::{kamiyo_signature_ascii, standard_webhooks_signature_ascii};
+use crate::domain::signature::SigningKeys;
 use crate::domain::time::now_secs;
 
 /// Bytes of the endpoint's answer kept in the delivery log.
@@ -106,6 +106,23 @@ struct Target {
     dest: Result<Destination, String>,
     /// Why the guard refuses the URL's literal IP address, if it does.
     blocked: Option<String>,
+    /// The signing keys of the secret last used with this URL (normally its webhook's
+    /// only one): keyed once, not at every request.
+    keys: Mutex<Option<(Box<str>, Arc<SigningKeys>)>>,
+}
+
+impl Target {
+    fn keys(&self, secret: &str) -> Arc<SigningKeys> {
+        let mut last = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((known, keys)) if **known == *secret => keys.clone(),
+            _ => {
+                let keys = Arc::new(SigningKeys::new(secret));
+                *last = Some((secret.into(), keys.clone()));
+                keys
+            }
+        }
+    }
 }
 
 /// Parsed URLs kept at most; past that the cache starts again (URLs are re-parsed).
@@ -181,7 +198,11 @@ impl Sender {
             }) => self.policy.check(*ip).err(),
             _ => None,
         };
-        let target = Arc::new(Target { dest, blocked });
+        let target = Arc::new(Target {
+            dest,
+            blocked,
+            keys: Mutex::new(None),
+        });
         if targets.len() >= TARGET_CACHE {
             targets.clear();
         }
@@ -189,23 +210,15 @@ impl Sender {
         target
     }
 
-    fn headers(out: &Outgoing<'_>, timestamp: i64) -> HeaderMap {
+    fn headers(out: &Outgoing<'_>, keys: &SigningKeys, timestamp: i64) -> HeaderMap {
         let body: &[u8] = out.body;
         // Room for the host and user agent without growing.
         let mut h = HeaderMap::with_capacity(12);
         let ascii = |b: &[u8]| HeaderValue::from_bytes(b).expect("header-safe ASCII");
         let id = HeaderValue::from(out.delivery_id);
-        let standard = standard_webhooks_signature_ascii(
-            out.secret,
-            id.to_str().expect("digits"),
-            timestamp,
-            body,
-        );
+        let standard = keys.standard_ascii(id.to_str().expect("digits"), timestamp, body);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(
-            X_KAMIYO_SIGNATURE,
-            ascii(&kamiyo_signature_ascii(out.secret, body)),
-        );
+        h.insert(X_KAMIYO_SIGNATURE, ascii(&keys.kamiyo_ascii(body)));
         // The service's own event names need no copy.
         let event = match out.event {
             EVENT_EXPLOIT_DETECTED => HeaderValue::from_static(EVENT_EXPLOIT_DETECTED),
@@ -233,7 +246,8 @@ impl Sender {
         };
         let timestamp = now_secs();
         // Built whole: a builder would copy every header into a map of its own.
-        let mut headers = Self::headers(out, timestamp);
+        let keys = target.keys(out.secret);
+        let mut headers = Self::headers(out, &keys, timestamp);
         headers.insert(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT));
         let request = dest.post(out.body.clone(), headers);
         // One timer for connecting, the request and the reading of the answer.
@@ -303,7 +317,7 @@ mod tests {
             delivery_id: 42,
             body: &body,
         };
-        let h = Sender::headers(&out, 1_614_265_330);
+        let h = Sender::headers(&out, &SigningKeys::new(secret), 1_614_265_330);
         assert_eq!(h[&X_KAMIYO_EVENT], "exploit.detected");
         assert_eq!(h[&X_KAMIYO_DELIVERY], "42");
         assert_eq!(h[&WEBHOOK_ID], "42");
@@ -318,7 +332,7 @@ mod tests {
             ..out
         };
         assert_eq!(
-            Sender::headers(&other, 1_614_265_330)[&X_KAMIYO_EVENT],
+            Sender::headers(&other, &SigningKeys::new(secret), 1_614_265_330)[&X_KAMIYO_EVENT],
             "webhook.test"
         );
     }
@@ -330,6 +344,7 @@ mod tests {
     fn signing_instructions() {
         let body = Bytes::from(vec![b'x'; 291]);
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let keys = SigningKeys::new(secret);
         let mut n = 0;
         for id in 0..100_000 {
             let out = Outgoing {
@@ -339,8 +354,32 @@ mod tests {
                 delivery_id: id,
                 body: &body,
             };
-            n += Sender::headers(&out, 1_614_265_330 + id).len();
+            n += Sender::headers(&out, &keys, 1_614_265_330 + id).len();
         }
         assert_eq!(n, 7 * 100_000);
+    }
+
+    /// A URL's cached keys follow its secret: after a rotation, requests are signed with
+    /// the new secret, not the one the cache held.
+    #[test]
+    fn a_targets_keys_follow_a_rotated_secret() {
+        let target = Target {
+            dest: Err("not used".into()),
+            blocked: None,
+            keys: Mutex::new(None),
+        };
+        let body = br#"{"a":1}"#;
+        let (old, new) = ("whsec_test", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        for secret in [old, old, new, new, old] {
+            let keys = target.keys(secret);
+            assert_eq!(
+                String::from_utf8(keys.kamiyo_ascii(body).to_vec()).unwrap(),
+                kamiyo_signature(secret, body)
+            );
+            assert_eq!(
+                String::from_utf8(keys.standard_ascii("9", 5, body).to_vec()).unwrap(),
+                standard_webhooks_signature(secret, "9", 5, body)
+            );
+        }
     }
 }
