@@ -179,6 +179,7 @@ impl HotPath {
             secrets,
             syncer,
             claims: Claims::default(),
+            bodies: Bodies::default(),
             wake: None,
             waiting: VecDeque::new(),
             splits: false,
@@ -328,6 +329,7 @@ struct Writer {
     /// Ingests written, to be answered once the WAL is synced.
     syncer: mpsc::Sender<Synced>,
     claims: Claims,
+    bodies: Bodies,
     wake: Option<Arc<Notify>>,
     /// Ingests that arrived while another one was between its chunks.
     waiting: VecDeque<Command>,
@@ -441,7 +443,14 @@ impl Writer {
         records: &[AttemptRecord],
         claim: Option<&Claim>,
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        let claimed = turn(&mut self.conn, &self.secrets, &self.claims, records, claim)?;
+        let claimed = turn(
+            &mut self.conn,
+            &self.secrets,
+            &self.claims,
+            &mut self.bodies,
+            records,
+            claim,
+        )?;
         let (now, until) = claim.map_or((now_ms(), 0), |c| (c.now_ms, c.lease_until_ms));
         self.claims.settle(records, &claimed, until, now);
         Ok(claimed)
@@ -600,6 +609,7 @@ fn turn(
     conn: &mut Connection,
     secrets: &SecretCodec,
     claims: &Claims,
+    bodies: &mut Bodies,
     records: &[AttemptRecord],
     claim: Option<&Claim>,
 ) -> StoreResult<Vec<ClaimedDelivery>> {
@@ -608,12 +618,12 @@ fn turn(
         record(&tx, records)?;
     }
     let claimed = match claim {
-        Some(c) if records.is_empty() => claim_due(&tx, secrets, claims, c)?,
+        Some(c) if records.is_empty() => claim_due(&tx, secrets, claims, bodies, c)?,
         Some(c) => {
             // The outcomes must be written whatever happens to the claim (a secret that
             // no longer opens after a key rotation, say): the claim gets a savepoint.
             tx.execute_batch("SAVEPOINT claim")?;
-            match claim_due(&tx, secrets, claims, c) {
+            match claim_due(&tx, secrets, claims, bodies, c) {
                 Ok(claimed) => {
                     tx.execute_batch("RELEASE claim")?;
                     claimed
@@ -775,6 +785,39 @@ fn claim_past_head(
     Ok(())
 }
 
+/// Exploit bodies the writer built lately, kept across turns.
+const BODIES_KEPT: usize = 64;
+
+/// The bodies of the exploits delivered lately, by exploit and event. An ingest's
+/// deliveries go in webhook by webhook, each webhook's side by side for up to
+/// `WAVE_EXPLOITS` exploits, so every turn holds most of a wave's exploits and would
+/// otherwise read and encode each of them again. An exploit's row never changes after
+/// ingest (only its `fanout_after` mark) and its id is never reused, so a kept body
+/// stays right; the oldest goes first once `BODIES_KEPT` are kept.
+#[derive(Default)]
+struct Bodies {
+    by_exploit: FxHashMap<(i64, Arc<str>), Bytes>,
+    order: VecDeque<(i64, Arc<str>)>,
+}
+
+impl Bodies {
+    fn get(&self, exploit_id: i64, event: &Arc<str>) -> Option<Bytes> {
+        self.by_exploit.get(&(exploit_id, event.clone())).cloned()
+    }
+
+    fn insert(&mut self, exploit_id: i64, event: &Arc<str>, body: Bytes) -> Bytes {
+        if self.order.len() == BODIES_KEPT {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_exploit.remove(&oldest);
+            }
+        }
+        let key = (exploit_id, event.clone());
+        self.order.push_back(key.clone());
+        self.by_exploit.insert(key, body.clone());
+        body
+    }
+}
+
 /// The webhook of claimed deliveries, read once per turn.
 struct Target {
     url: Arc<str>,
@@ -786,6 +829,7 @@ fn claim_due(
     tx: &rusqlite::Transaction<'_>,
     secrets: &SecretCodec,
     claims: &Claims,
+    bodies: &mut Bodies,
     c: &Claim,
 ) -> StoreResult<Vec<ClaimedDelivery>> {
     if c.limit == 0 {
@@ -841,9 +885,8 @@ fn claim_due(
         "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, locked_until = NULL, \
          error = 'webhook inactive' WHERE id = ?1",
     )?;
-    // A turn often holds one exploit for many webhooks and several deliveries for one
-    // webhook: each body is built once, each webhook read and its secret opened once.
-    let mut bodies: FxHashMap<(i64, Arc<str>), Bytes> = FxHashMap::default();
+    // A turn often holds several deliveries for one webhook: each webhook is read and its
+    // secret opened once. Bodies outlive the turn (`Bodies`).
     let mut targets: FxHashMap<i64, Target> = FxHashMap::default();
     // The few event names of a turn, each allocated once.
     let mut events: Vec<Arc<str>> = Vec::new();
@@ -888,9 +931,9 @@ fn claim_due(
         }
         let body = match (payload, exploit_id) {
             (Some(p), _) => Bytes::from(p),
-            (None, Some(eid)) => match bodies.entry((eid, event.clone())) {
-                Entry::Occupied(b) => b.get().clone(),
-                Entry::Vacant(slot) => {
+            (None, Some(eid)) => match bodies.get(eid, &event) {
+                Some(b) => b,
+                None => {
                     let e = exploit.query_row(params![eid], |row| {
                         Ok(Exploit {
                             id: row.get(0)?,
@@ -906,7 +949,7 @@ fn claim_due(
                             detected_at_ms: row.get(10)?,
                         })
                     })?;
-                    slot.insert(Bytes::from(encode_event(&event, &e))).clone()
+                    bodies.insert(eid, &event, Bytes::from(encode_event(&event, &e)))
                 }
             },
             (None, None) => {
@@ -1335,6 +1378,7 @@ mod tests {
         }
         tx.commit().unwrap();
         let (secrets, claims) = (SecretCodec::plaintext(), Claims::default());
+        let mut bodies = Bodies::default();
         let mut records = Vec::new();
         loop {
             let claim = Claim {
@@ -1344,7 +1388,15 @@ mod tests {
                 per_endpoint: 16,
                 room: Vec::new(),
             };
-            let claimed = turn(&mut conn, &secrets, &claims, &records, Some(&claim)).unwrap();
+            let claimed = turn(
+                &mut conn,
+                &secrets,
+                &claims,
+                &mut bodies,
+                &records,
+                Some(&claim),
+            )
+            .unwrap();
             if claimed.is_empty() {
                 break;
             }
@@ -1955,6 +2007,31 @@ mod tests {
             outcomes[..6].iter().map(|o| o.id).collect();
         assert_eq!(exploit_ids(&claimed), first_six);
         assert_eq!(claim_the_rest(&store).await, 4 * WEBHOOKS);
+    }
+
+    #[test]
+    fn kept_bodies_are_the_latest_and_keyed_by_event_too() {
+        let mut bodies = Bodies::default();
+        let (exploit, test): (Arc<str>, Arc<str>) =
+            ("exploit.detected".into(), "webhook.test".into());
+        let kept = bodies.insert(1, &exploit, Bytes::from_static(b"one"));
+        assert_eq!(kept, Bytes::from_static(b"one"));
+        assert_eq!(bodies.get(1, &exploit), Some(Bytes::from_static(b"one")));
+        assert_eq!(bodies.get(1, &test), None);
+        for id in 2..=BODIES_KEPT as i64 {
+            bodies.insert(id, &exploit, Bytes::from(id.to_string()));
+        }
+        assert_eq!(bodies.get(1, &exploit), Some(Bytes::from_static(b"one")));
+        // One more: the oldest goes, the others stay.
+        bodies.insert(1_000, &exploit, Bytes::from_static(b"new"));
+        assert_eq!(bodies.get(1, &exploit), None);
+        assert_eq!(bodies.get(2, &exploit), Some(Bytes::from_static(b"2")));
+        assert_eq!(
+            bodies.get(1_000, &exploit),
+            Some(Bytes::from_static(b"new"))
+        );
+        assert_eq!(bodies.by_exploit.len(), BODIES_KEPT);
+        assert_eq!(bodies.order.len(), BODIES_KEPT);
     }
 }
 
