@@ -359,7 +359,9 @@ impl Dispatcher {
                 };
                 match endpoints.place(d, permit, lease_until) {
                     Placement::Send(d, permit) => {
-                        tasks.spawn(job.clone().attempt(d, permit));
+                        // Boxed: the task then holds a pointer, not the 1.9 KB future that
+                        // spawning and finishing would copy several times.
+                        tasks.spawn(Box::pin(job.clone().attempt(d, permit)));
                     }
                     Placement::Queued => {}
                     Placement::Excess(id) => excess.push(id),
