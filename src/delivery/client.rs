@@ -96,7 +96,7 @@ pub struct Sender {
     policy: NetworkPolicy,
     /// Webhook URLs as parsed, with the guard's verdict on a literal address: parsing
     /// (IDNA included) cost more per attempt than signing the body.
-    targets: Mutex<HashMap<String, Arc<Target>>>,
+    targets: Mutex<foldhash::HashMap<String, Arc<Target>>>,
 }
 
 /// A webhook URL once parsed.
@@ -176,7 +176,7 @@ impl Sender {
             }),
             timeout: config.delivery_timeout,
             policy,
-            targets: Mutex::new(HashMap::new()),
+            targets: Mutex::new(foldhash::HashMap::default()),
         })
     }
 

@@ -200,7 +200,7 @@ struct Idle {
 }
 
 struct IdleSet {
-    by_origin: HashMap<Origin, Vec<Idle>>,
+    by_origin: foldhash::HashMap<Origin, Vec<Idle>>,
     swept: Instant,
 }
 
@@ -235,7 +235,7 @@ impl Connector {
     /// no request comes to sweep them; it ends with the connector.
     pub fn new(config: ConnectorConfig) -> Connector {
         let idle = Arc::new(Mutex::new(IdleSet {
-            by_origin: HashMap::new(),
+            by_origin: foldhash::HashMap::default(),
             swept: Instant::now(),
         }));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
