@@ -563,6 +563,11 @@ impl ClaimPicker {
         !self.is_full()
     }
 
+    /// Whether this claim took the delivery already.
+    pub(crate) fn has_taken(&self, id: i64) -> bool {
+        self.seen.contains(&id)
+    }
+
     /// Whether the webhook can take one more.
     pub(crate) fn has_room(&self, webhook_id: i64) -> bool {
         self.room

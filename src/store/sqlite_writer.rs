@@ -90,7 +90,33 @@ struct Claims {
     leases: FxHashMap<i64, i64>,
     /// Turns since expired leases were last swept out.
     turns: u32,
+    /// Where the next claim may start reading the due order (`HeadCursor`).
+    head: Option<HeadCursor>,
+    /// Rows of the due order claims read, for tests of the cursor.
+    #[cfg(test)]
+    rows_read: std::cell::Cell<usize>,
 }
+
+/// A place in the due order (`deliveries_due`: due time, then webhook) before which
+/// every due delivery was claimed by this process when a claim last read there. The
+/// deliveries in flight stay at the head of the due order until their outcomes are
+/// written, and a claim read past all of them on every turn (a few hundred index rows,
+/// most of a claim's reading): it starts here instead. Rows can come before it again:
+/// a claim given back (forgotten then), a chunk of an ingest (forgotten too; its rows
+/// share a due time), and rows written by another connection (a manual retry, the
+/// `ingest` command). A claim the cursor leaves short reads from the start, and one
+/// does at least every `HEAD_REREAD_MS`, so those wait at most that long, and only
+/// while the claims are full anyway.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct HeadCursor {
+    due_ms: i64,
+    webhook_id: i64,
+    /// When a claim last read the due order from its start.
+    whole_read_at_ms: i64,
+}
+
+/// Longest time claims start at the cursor before one reads from the start again.
+const HEAD_REREAD_MS: i64 = 100;
 
 /// Turns between sweeps of expired leases (there are none unless a task panicked).
 const SWEEP_EVERY: u32 = 4096;
@@ -109,6 +135,13 @@ impl Claims {
         for id in ids {
             self.leases.remove(id);
         }
+        self.head = None;
+    }
+
+    /// Where a claim at `now_ms` starts in the due order: `None` from the start.
+    fn start(&self, now_ms: i64) -> Option<HeadCursor> {
+        self.head
+            .filter(|h| now_ms - h.whole_read_at_ms < HEAD_REREAD_MS && h.due_ms <= now_ms)
     }
 
     /// After a turn's commit: the recorded deliveries are free, the claimed ones held.
@@ -116,9 +149,11 @@ impl Claims {
         &mut self,
         recorded: &[AttemptRecord],
         claimed: &[ClaimedDelivery],
+        head: Option<HeadCursor>,
         until: i64,
         now_ms: i64,
     ) {
+        self.head = head;
         for r in recorded {
             self.leases.remove(&r.delivery_id);
         }
@@ -128,7 +163,11 @@ impl Claims {
         self.turns += 1;
         if self.turns >= SWEEP_EVERY {
             self.turns = 0;
+            let before = self.leases.len();
             self.leases.retain(|_, until| *until > now_ms);
+            if self.leases.len() < before {
+                self.head = None;
+            }
         }
     }
 }
@@ -443,7 +482,7 @@ impl Writer {
         records: &[AttemptRecord],
         claim: Option<&Claim>,
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        let claimed = turn(
+        let (claimed, head) = turn(
             &mut self.conn,
             &self.secrets,
             &self.claims,
@@ -452,7 +491,7 @@ impl Writer {
             claim,
         )?;
         let (now, until) = claim.map_or((now_ms(), 0), |c| (c.now_ms, c.lease_until_ms));
-        self.claims.settle(records, &claimed, until, now);
+        self.claims.settle(records, &claimed, head, until, now);
         Ok(claimed)
     }
 
@@ -534,6 +573,8 @@ impl Writer {
             }
             wave.mark(&tx)?;
             tx.commit()?;
+            // The chunk's rows share one due time and may come before the cursor.
+            self.claims.head = None;
             let more = !rest.is_empty() || !wave.is_empty();
             if more && rows > 0 {
                 self.wake_dispatcher();
@@ -612,11 +653,13 @@ fn turn(
     bodies: &mut Bodies,
     records: &[AttemptRecord],
     claim: Option<&Claim>,
-) -> StoreResult<Vec<ClaimedDelivery>> {
+) -> StoreResult<(Vec<ClaimedDelivery>, Option<HeadCursor>)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if !records.is_empty() {
         record(&tx, records)?;
     }
+    // Outcomes only take rows out of the due order or move them later: the cursor
+    // stays right for a turn that does not claim.
     let claimed = match claim {
         Some(c) if records.is_empty() => claim_due(&tx, secrets, claims, bodies, c)?,
         Some(c) => {
@@ -631,11 +674,11 @@ fn turn(
                 Err(e) => {
                     tx.execute_batch("ROLLBACK TO claim; RELEASE claim")?;
                     tracing::error!(error = %e, "claiming deliveries failed; outcomes recorded");
-                    Vec::new()
+                    (Vec::new(), claims.head)
                 }
             }
         }
-        None => Vec::new(),
+        None => (Vec::new(), claims.head),
     };
     tx.commit()?;
     Ok(claimed)
@@ -825,15 +868,87 @@ struct Target {
     live: bool,
 }
 
+/// What a read of the head of the due order found.
+struct HeadScan {
+    scanned: usize,
+    cursor: Option<HeadCursor>,
+}
+
+/// Offers the due deliveries from `start` (the start of the due order if `None`) to
+/// `picker`, passing over this process's, until the claim is full or `bound` rows were
+/// read; and where the next claim may start (`HeadCursor`).
+fn scan_head(
+    tx: &rusqlite::Transaction<'_>,
+    claims: &Claims,
+    picker: &mut ClaimPicker,
+    c: &Claim,
+    bound: usize,
+    start: Option<HeadCursor>,
+) -> StoreResult<HeadScan> {
+    // From the index alone, stopping as soon as the claim is full. The scan is bounded:
+    // behind a deep queue of an endpoint without room (down, or slow) it would otherwise
+    // read the whole queue on every turn. The deliveries in flight are at the head too,
+    // passed over, so they get room of their own.
+    let mut from_start = tx.prepare_cached(
+        "SELECT id, webhook_id, next_attempt_at FROM deliveries \
+         WHERE status = 'pending' AND next_attempt_at <= ?1 \
+           AND (locked_until IS NULL OR locked_until <= ?1) \
+         ORDER BY next_attempt_at LIMIT ?2",
+    )?;
+    let mut from_cursor = tx.prepare_cached(
+        "SELECT id, webhook_id, next_attempt_at FROM deliveries \
+         WHERE status = 'pending' AND next_attempt_at <= ?1 \
+           AND (locked_until IS NULL OR locked_until <= ?1) \
+           AND (next_attempt_at, webhook_id) >= (?3, ?4) \
+         ORDER BY next_attempt_at LIMIT ?2",
+    )?;
+    let mut rows = match start {
+        None => from_start.query(params![c.now_ms, bound as i64])?,
+        Some(h) => from_cursor.query(params![c.now_ms, bound as i64, h.due_ms, h.webhook_id])?,
+    };
+    let whole_read_at_ms = start.map_or(c.now_ms, |h| h.whole_read_at_ms);
+    let mut scan = HeadScan {
+        scanned: 0,
+        cursor: start,
+    };
+    // Every row read so far was this process's, or taken now: the cursor may follow.
+    let mut all_ours = true;
+    while let Some(row) = rows.next()? {
+        scan.scanned += 1;
+        let id = row.get(0)?;
+        let webhook_id = row.get(1)?;
+        let ours = claims.held(id, c.now_ms) || picker.has_taken(id) || {
+            if picker.is_full() {
+                break;
+            }
+            let room = picker.has_room(webhook_id);
+            picker.offer(id, webhook_id);
+            room
+        };
+        all_ours &= ours;
+        if all_ours {
+            scan.cursor = Some(HeadCursor {
+                due_ms: row.get(2)?,
+                webhook_id,
+                whole_read_at_ms,
+            });
+        }
+        if picker.is_full() {
+            break;
+        }
+    }
+    Ok(scan)
+}
+
 fn claim_due(
     tx: &rusqlite::Transaction<'_>,
     secrets: &SecretCodec,
     claims: &Claims,
     bodies: &mut Bodies,
     c: &Claim,
-) -> StoreResult<Vec<ClaimedDelivery>> {
+) -> StoreResult<(Vec<ClaimedDelivery>, Option<HeadCursor>)> {
     if c.limit == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), claims.head));
     }
     // The head of the due order, from the index alone, stopping as soon as the claim is
     // full. The scan is bounded: behind a deep queue of an endpoint without room (down,
@@ -841,34 +956,25 @@ fn claim_due(
     // flight are at the head too, passed over, so they get room of their own.
     let mut picker = ClaimPicker::new(&c.room, c.per_endpoint, c.limit);
     let bound = (c.limit * 8).max(HEAD_SCAN_MIN) + claims.len();
-    let mut scanned = 0;
-    {
-        let mut due = tx.prepare_cached(
-            "SELECT id, webhook_id FROM deliveries \
-             WHERE status = 'pending' AND next_attempt_at <= ?1 \
-               AND (locked_until IS NULL OR locked_until <= ?1) \
-             ORDER BY next_attempt_at LIMIT ?2",
-        )?;
-        let mut rows = due.query(params![c.now_ms, bound as i64])?;
-        while let Some(row) = rows.next()? {
-            scanned += 1;
-            let id = row.get(0)?;
-            if claims.held(id, c.now_ms) {
-                continue;
-            }
-            if !picker.offer(id, row.get(1)?) {
-                break;
-            }
-        }
+    let start = claims.start(c.now_ms);
+    let mut head = scan_head(tx, claims, &mut picker, c, bound, start)?;
+    #[cfg(test)]
+    claims.rows_read.set(claims.rows_read.get() + head.scanned);
+    if start.is_some() && !picker.is_full() {
+        // Short past the cursor: read from the start, for what came before it.
+        head = scan_head(tx, claims, &mut picker, c, bound, None)?;
+        #[cfg(test)]
+        claims.rows_read.set(claims.rows_read.get() + head.scanned);
     }
-    if !picker.is_full() && scanned == bound {
+    if !picker.is_full() && head.scanned == bound {
         // The head is all endpoints without room: the others' due deliveries are found
         // endpoint by endpoint, so one deep queue cannot hide them.
         claim_past_head(tx, claims, &mut picker, c)?;
     }
+    let cursor = head.cursor;
     let claimed = picker.picked();
     if claimed.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), cursor));
     }
     let mut read = tx.prepare_cached(
         "SELECT webhook_id, event, payload, exploit_id, attempts, schedule_base \
@@ -969,7 +1075,7 @@ fn claim_due(
             round_attempt: attempts - schedule_base + 1,
         });
     }
-    Ok(out)
+    Ok((out, cursor))
 }
 
 /// Rows an ingest chunk writes before it commits (part way through an exploit's
@@ -1388,7 +1494,7 @@ mod tests {
                 per_endpoint: 16,
                 room: Vec::new(),
             };
-            let claimed = turn(
+            let (claimed, _) = turn(
                 &mut conn,
                 &secrets,
                 &claims,
@@ -2032,6 +2138,144 @@ mod tests {
         );
         assert_eq!(bodies.by_exploit.len(), BODIES_KEPT);
         assert_eq!(bodies.order.len(), BODIES_KEPT);
+    }
+
+    /// A writer on `path` as `HotPath::open` makes one, to drive turns directly.
+    fn writer_on(path: &Path) -> Writer {
+        let conn = Connection::open(path).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        Writer {
+            conn,
+            secrets: SecretCodec::plaintext(),
+            syncer: mpsc::channel().0,
+            claims: Claims::default(),
+            bodies: Bodies::default(),
+            wake: None,
+            waiting: VecDeque::new(),
+            splits: false,
+        }
+    }
+
+    fn claim_of(now_ms: i64, limit: usize) -> Claim {
+        Claim {
+            now_ms,
+            lease_until_ms: now_ms + 60_000,
+            limit,
+            per_endpoint: 1000,
+            room: Vec::new(),
+        }
+    }
+
+    fn ids(claimed: &[ClaimedDelivery]) -> Vec<i64> {
+        claimed.iter().map(|d| d.id).collect()
+    }
+
+    /// A claim starts where the last one left the due order, past this process's claims,
+    /// instead of reading them again; what comes back before that place (a claim given
+    /// back, a row another connection wrote) is still claimed.
+    #[tokio::test]
+    async fn a_claim_starts_past_the_claims_it_holds_and_misses_nothing_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = store_with_webhooks(&path, 100).await;
+        let exploits: Vec<NewExploit> = (0..3).map(exploit).collect();
+        store.ingest_exploits(&exploits).await.unwrap();
+        drop(store);
+        let mut w = writer_on(&path);
+        let due: Vec<i64> = {
+            let mut st = w
+                .conn
+                .prepare(
+                    "SELECT id FROM deliveries WHERE status = 'pending' \
+                     ORDER BY next_attempt_at, webhook_id, id",
+                )
+                .unwrap();
+            st.query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(due.len(), 300);
+        let now = now_ms() + 1_000;
+
+        let first = w.turn(&[], Some(&claim_of(now, 100))).unwrap();
+        assert_eq!(ids(&first), due[..100]);
+        let read_first = w.claims.rows_read.replace(0);
+        let second = w.turn(&[], Some(&claim_of(now, 100))).unwrap();
+        assert_eq!(ids(&second), due[100..200]);
+        // The second read the first's last webhook again (3 rows a webhook), not all 100.
+        let read_second = w.claims.rows_read.replace(0);
+        assert!(
+            read_second <= 100 + 3,
+            "read {read_second} rows (the first {read_first})"
+        );
+
+        // Given back: the cursor is forgotten, and they are claimed again first.
+        let back = &ids(&first)[10..20];
+        w.handle(Command::Release { ids: back.to_vec() });
+        assert_eq!(w.claims.head, None);
+        let third = w.turn(&[], Some(&claim_of(now, 20))).unwrap();
+        let mut expected = back.to_vec();
+        expected.extend_from_slice(&due[200..210]);
+        assert_eq!(ids(&third), expected);
+
+        // Another connection queues a delivery at the head of the due order: a claim
+        // the cursor fills does not see it, a claim it leaves short does.
+        let first_row = &first[0];
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute(
+                "INSERT INTO deliveries (webhook_id, exploit_id, event, status, attempts, \
+                   next_attempt_at, created_at) \
+                 SELECT webhook_id, exploit_id, event, 'pending', 0, next_attempt_at, created_at \
+                 FROM deliveries WHERE id = ?1",
+                [first_row.id],
+            )
+            .unwrap();
+        let late = other.last_insert_rowid();
+        let fourth = w.turn(&[], Some(&claim_of(now, 10))).unwrap();
+        assert_eq!(ids(&fourth), due[210..220]);
+        let rest = w.turn(&[], Some(&claim_of(now, 1000))).unwrap();
+        let mut expected = vec![late];
+        expected.extend_from_slice(&due[220..]);
+        let mut got = ids(&rest);
+        got.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(got, expected);
+    }
+
+    /// Claims the cursor fills still read from the start every `HEAD_REREAD_MS`.
+    #[tokio::test]
+    async fn a_claim_reads_the_due_order_from_its_start_now_and_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = store_with_webhooks(&path, 100).await;
+        store
+            .ingest_exploits(&[exploit(0), exploit(1)])
+            .await
+            .unwrap();
+        drop(store);
+        let mut w = writer_on(&path);
+        let now = now_ms() + 1_000;
+        let first = w.turn(&[], Some(&claim_of(now, 50))).unwrap();
+        // A delivery before the cursor, from another connection.
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute(
+                "INSERT INTO deliveries (webhook_id, exploit_id, event, status, attempts, \
+                   next_attempt_at, created_at) \
+                 SELECT webhook_id, exploit_id, event, 'pending', 0, next_attempt_at, created_at \
+                 FROM deliveries WHERE id = ?1",
+                [first[0].id],
+            )
+            .unwrap();
+        let late = other.last_insert_rowid();
+        let soon = w.turn(&[], Some(&claim_of(now + 1, 10))).unwrap();
+        assert!(!ids(&soon).contains(&late));
+        let later = w
+            .turn(&[], Some(&claim_of(now + HEAD_REREAD_MS, 10)))
+            .unwrap();
+        assert_eq!(ids(&later)[0], late, "{:?}", ids(&later));
     }
 }
 
