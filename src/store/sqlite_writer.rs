@@ -868,6 +868,37 @@ struct Target {
     live: bool,
 }
 
+/// What a claimed delivery needs from its row.
+struct Pending {
+    webhook_id: i64,
+    event: Arc<str>,
+    payload: Option<String>,
+    exploit_id: Option<i64>,
+    attempts: i64,
+    schedule_base: i64,
+}
+
+/// The rows a claim's scans took, by id, and the turn's event names (each allocated
+/// once).
+#[derive(Default)]
+struct Taken {
+    rows: FxHashMap<i64, Pending>,
+    events: Vec<Arc<str>>,
+}
+
+/// `Pending` from a row of `id, webhook_id, next_attempt_at, event, payload,
+/// exploit_id, attempts, schedule_base`.
+fn pending_row(row: &rusqlite::Row<'_>, events: &mut Vec<Arc<str>>) -> rusqlite::Result<Pending> {
+    Ok(Pending {
+        webhook_id: row.get(1)?,
+        event: intern(events, row.get_ref(3)?.as_str()?),
+        payload: row.get(4)?,
+        exploit_id: row.get(5)?,
+        attempts: row.get(6)?,
+        schedule_base: row.get(7)?,
+    })
+}
+
 /// What a read of the head of the due order found.
 struct HeadScan {
     scanned: usize,
@@ -884,19 +915,24 @@ fn scan_head(
     c: &Claim,
     bound: usize,
     start: Option<HeadCursor>,
+    taken: &mut Taken,
 ) -> StoreResult<HeadScan> {
-    // From the index alone, stopping as soon as the claim is full. The scan is bounded:
+    // Stopping as soon as the claim is full. The scan is bounded:
     // behind a deep queue of an endpoint without room (down, or slow) it would otherwise
     // read the whole queue on every turn. The deliveries in flight are at the head too,
     // passed over, so they get room of their own.
+    // With what a claimed delivery needs from its row: read here, a row is read once
+    // (the cursor leaves few rows of other claims to pass over), not again by id.
     let mut from_start = tx.prepare_cached(
-        "SELECT id, webhook_id, next_attempt_at FROM deliveries \
+        "SELECT id, webhook_id, next_attempt_at, event, payload, exploit_id, attempts, \
+           schedule_base FROM deliveries \
          WHERE status = 'pending' AND next_attempt_at <= ?1 \
            AND (locked_until IS NULL OR locked_until <= ?1) \
          ORDER BY next_attempt_at LIMIT ?2",
     )?;
     let mut from_cursor = tx.prepare_cached(
-        "SELECT id, webhook_id, next_attempt_at FROM deliveries \
+        "SELECT id, webhook_id, next_attempt_at, event, payload, exploit_id, attempts, \
+           schedule_base FROM deliveries \
          WHERE status = 'pending' AND next_attempt_at <= ?1 \
            AND (locked_until IS NULL OR locked_until <= ?1) \
            AND (next_attempt_at, webhook_id) >= (?3, ?4) \
@@ -923,6 +959,9 @@ fn scan_head(
             }
             let room = picker.has_room(webhook_id);
             picker.offer(id, webhook_id);
+            if room {
+                taken.rows.insert(id, pending_row(row, &mut taken.events)?);
+            }
             room
         };
         all_ours &= ours;
@@ -950,19 +989,16 @@ fn claim_due(
     if c.limit == 0 {
         return Ok((Vec::new(), claims.head));
     }
-    // The head of the due order, from the index alone, stopping as soon as the claim is
-    // full. The scan is bounded: behind a deep queue of an endpoint without room (down,
-    // or slow) it would otherwise read the whole queue on every turn. The deliveries in
-    // flight are at the head too, passed over, so they get room of their own.
     let mut picker = ClaimPicker::new(&c.room, c.per_endpoint, c.limit);
     let bound = (c.limit * 8).max(HEAD_SCAN_MIN) + claims.len();
     let start = claims.start(c.now_ms);
-    let mut head = scan_head(tx, claims, &mut picker, c, bound, start)?;
+    let mut taken = Taken::default();
+    let mut head = scan_head(tx, claims, &mut picker, c, bound, start, &mut taken)?;
     #[cfg(test)]
     claims.rows_read.set(claims.rows_read.get() + head.scanned);
     if start.is_some() && !picker.is_full() {
         // Short past the cursor: read from the start, for what came before it.
-        head = scan_head(tx, claims, &mut picker, c, bound, None)?;
+        head = scan_head(tx, claims, &mut picker, c, bound, None, &mut taken)?;
         #[cfg(test)]
         claims.rows_read.set(claims.rows_read.get() + head.scanned);
     }
@@ -977,8 +1013,8 @@ fn claim_due(
         return Ok((Vec::new(), cursor));
     }
     let mut read = tx.prepare_cached(
-        "SELECT webhook_id, event, payload, exploit_id, attempts, schedule_base \
-         FROM deliveries WHERE id = ?1",
+        "SELECT id, webhook_id, next_attempt_at, event, payload, exploit_id, attempts, \
+           schedule_base FROM deliveries WHERE id = ?1",
     )?;
     let mut webhook = tx.prepare_cached(
         "SELECT url, secret, is_active = 1 AND deleted_at IS NULL FROM webhooks WHERE id = ?1",
@@ -994,21 +1030,24 @@ fn claim_due(
     // A turn often holds several deliveries for one webhook: each webhook is read and its
     // secret opened once. Bodies outlive the turn (`Bodies`).
     let mut targets: FxHashMap<i64, Target> = FxHashMap::default();
-    // The few event names of a turn, each allocated once.
-    let mut events: Vec<Arc<str>> = Vec::new();
     let mut out = Vec::with_capacity(claimed.len());
     for id in claimed {
-        let (webhook_id, event, payload, exploit_id, attempts, schedule_base) =
-            read.query_row(params![id], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    intern(&mut events, row.get_ref(1)?.as_str()?),
-                    row.get::<_, Option<String>>(2)?,
-                    row.get::<_, Option<i64>>(3)?,
-                    row.get::<_, i64>(4)?,
-                    row.get::<_, i64>(5)?,
-                ))
-            })?;
+        let Pending {
+            webhook_id,
+            event,
+            payload,
+            exploit_id,
+            attempts,
+            schedule_base,
+        } = match taken.rows.remove(&id) {
+            Some(p) => p,
+            // Found endpoint by endpoint (`claim_past_head`): read by id.
+            None => {
+                let mut rows = read.query(params![id])?;
+                let row = rows.next()?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+                pending_row(row, &mut taken.events)?
+            }
+        };
         let target = match targets.entry(webhook_id) {
             Entry::Occupied(t) => t.into_mut(),
             Entry::Vacant(slot) => {
