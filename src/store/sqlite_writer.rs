@@ -2209,6 +2209,22 @@ mod tests {
         claimed.iter().map(|d| d.id).collect()
     }
 
+    /// Queues, from a connection of its own, a copy of delivery `id` (same webhook, same
+    /// due time): a row the writer did not write, at the same place in the due order.
+    fn queue_beside(path: &Path, id: i64) -> i64 {
+        let other = Connection::open(path).unwrap();
+        other
+            .execute(
+                "INSERT INTO deliveries (webhook_id, exploit_id, event, status, attempts, \
+                   next_attempt_at, created_at) \
+                 SELECT webhook_id, exploit_id, event, 'pending', 0, next_attempt_at, created_at \
+                 FROM deliveries WHERE id = ?1",
+                [id],
+            )
+            .unwrap();
+        other.last_insert_rowid()
+    }
+
     /// A claim starts where the last one left the due order, past this process's claims,
     /// instead of reading them again; what comes back before that place (a claim given
     /// back, a row another connection wrote) is still claimed.
@@ -2260,18 +2276,7 @@ mod tests {
 
         // Another connection queues a delivery at the head of the due order: a claim
         // the cursor fills does not see it, a claim it leaves short does.
-        let first_row = &first[0];
-        let other = Connection::open(&path).unwrap();
-        other
-            .execute(
-                "INSERT INTO deliveries (webhook_id, exploit_id, event, status, attempts, \
-                   next_attempt_at, created_at) \
-                 SELECT webhook_id, exploit_id, event, 'pending', 0, next_attempt_at, created_at \
-                 FROM deliveries WHERE id = ?1",
-                [first_row.id],
-            )
-            .unwrap();
-        let late = other.last_insert_rowid();
+        let late = queue_beside(&path, first[0].id);
         let fourth = w.turn(&[], Some(&claim_of(now, 10))).unwrap();
         assert_eq!(ids(&fourth), due[210..220]);
         let rest = w.turn(&[], Some(&claim_of(now, 1000))).unwrap();
@@ -2298,17 +2303,7 @@ mod tests {
         let now = now_ms() + 1_000;
         let first = w.turn(&[], Some(&claim_of(now, 50))).unwrap();
         // A delivery before the cursor, from another connection.
-        let other = Connection::open(&path).unwrap();
-        other
-            .execute(
-                "INSERT INTO deliveries (webhook_id, exploit_id, event, status, attempts, \
-                   next_attempt_at, created_at) \
-                 SELECT webhook_id, exploit_id, event, 'pending', 0, next_attempt_at, created_at \
-                 FROM deliveries WHERE id = ?1",
-                [first[0].id],
-            )
-            .unwrap();
-        let late = other.last_insert_rowid();
+        let late = queue_beside(&path, first[0].id);
         let soon = w.turn(&[], Some(&claim_of(now + 1, 10))).unwrap();
         assert!(!ids(&soon).contains(&late));
         let later = w
