@@ -21,10 +21,14 @@ use crate::domain::time::now_ms;
 use crate::metrics as m;
 use crate::store::{AttemptRecord, AttemptResult, ClaimedDelivery, Outcomes, Store, TurnClaim};
 
-/// Most deliveries claimed in one database round trip.
-const CLAIM_BATCH: usize = 256;
-/// Most outcomes written in one transaction.
-const RECORD_BATCH: usize = 512;
+/// Most deliveries claimed in one database round trip, and most outcomes written in one
+/// transaction. While a turn runs, the attempts of the claims before it are all the
+/// workers have: a turn of half the permits could outlast them and leave the cores idle.
+/// Turns of at most 128 keep more, smaller batches going round (`bench`, SQLite, on 2
+/// cores: throughput 80,700/s against 78,900/s in 7 of 7 alternated runs, backlog drain
+/// 77,000-78,000/s against 67,000-69,000/s; 64 was slower, PostgreSQL unchanged).
+const CLAIM_BATCH: usize = 128;
+const RECORD_BATCH: usize = 128;
 /// A turn with fewer outcomes than this, while many attempts are in flight, waits up to
 /// `GATHER_WAIT` for more.
 const GATHER_MIN: usize = 32;
