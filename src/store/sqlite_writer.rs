@@ -135,6 +135,11 @@ impl Claims {
         for id in ids {
             self.leases.remove(id);
         }
+        self.forget_head();
+    }
+
+    /// Rows may have come before the cursor: the next claim reads from the start.
+    fn forget_head(&mut self) {
         self.head = None;
     }
 
@@ -574,7 +579,7 @@ impl Writer {
             wave.mark(&tx)?;
             tx.commit()?;
             // The chunk's rows share one due time and may come before the cursor.
-            self.claims.head = None;
+            self.claims.forget_head();
             let more = !rest.is_empty() || !wave.is_empty();
             if more && rows > 0 {
                 self.wake_dispatcher();
@@ -917,12 +922,11 @@ fn scan_head(
     start: Option<HeadCursor>,
     taken: &mut Taken,
 ) -> StoreResult<HeadScan> {
-    // Stopping as soon as the claim is full. The scan is bounded:
-    // behind a deep queue of an endpoint without room (down, or slow) it would otherwise
-    // read the whole queue on every turn. The deliveries in flight are at the head too,
-    // passed over, so they get room of their own.
-    // With what a claimed delivery needs from its row: read here, a row is read once
-    // (the cursor leaves few rows of other claims to pass over), not again by id.
+    // Stopping as soon as the claim is full. The scan is bounded: behind a deep queue of
+    // an endpoint without room (down, or slow) it would otherwise read the whole queue on
+    // every turn. It reads what a claimed delivery needs of its row, so a claimed row is
+    // read once, not again by id (the cursor leaves few rows of other claims to pass
+    // over, whose columns are read for nothing).
     let mut from_start = tx.prepare_cached(
         "SELECT id, webhook_id, next_attempt_at, event, payload, exploit_id, attempts, \
            schedule_base FROM deliveries \
