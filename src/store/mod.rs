@@ -2,6 +2,7 @@
 //! per backend (SQLite embedded by default; PostgreSQL for many processes).
 
 mod outcomes;
+pub mod pagecache;
 pub mod postgres;
 mod rows;
 pub mod secrets;
