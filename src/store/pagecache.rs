@@ -57,12 +57,7 @@ pub unsafe fn install() -> bool {
     // SAFETY: GETPCACHE2 writes one methods struct through the pointer; the caller
     // guarantees no other thread is inside SQLite. Before SQLite starts it sets its
     // default cache first if none is set.
-    let rc = unsafe {
-        ffi::sqlite3_config(
-            ffi::SQLITE_CONFIG_GETPCACHE2,
-            default.as_mut_ptr(),
-        )
-    };
+    let rc = unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_GETPCACHE2, default.as_mut_ptr()) };
     if rc != ffi::SQLITE_OK {
         return false;
     }

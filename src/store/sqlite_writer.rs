@@ -184,11 +184,12 @@ pub(super) struct HotPath {
 
 impl HotPath {
     /// Opens a second write connection to the (existing, WAL-mode) database at `path`;
-    /// a commit that leaves more than `wal_frames_max` frames in the WAL checkpoints it.
+    /// a commit that leaves more than `wal_bytes_max` bytes of pages in the WAL
+    /// checkpoints it (0: never).
     pub(super) fn open(
         path: &Path,
         secrets: SecretCodec,
-        wal_frames_max: u32,
+        wal_bytes_max: u64,
     ) -> StoreResult<HotPath> {
         let conn = Connection::open_with_flags(
             path,
@@ -208,6 +209,9 @@ impl HotPath {
         conn.pragma_update(None, "temp_store", "memory")?;
         // The hot index pages of the queue stay cached.
         conn.pragma_update(None, "cache_size", -16384)?;
+        // The bound in frames of this file's pages (older databases have smaller ones).
+        let page_size: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let wal_frames_max = (wal_bytes_max / page_size.max(512)).min(i32::MAX as u64);
         conn.pragma_update(None, "wal_autocheckpoint", wal_frames_max)?;
         conn.busy_handler(Some(busy))?;
         conn.set_prepared_statement_cache_capacity(32);
@@ -1613,14 +1617,14 @@ mod tests {
     /// before the next: a commit stream with no other connection around. Returns the
     /// WAL file's size afterwards, which is the most it ever held (SQLite writes a
     /// restarted WAL from its beginning and never shrinks the file).
-    async fn wal_size_after_a_stream_of_commits(wal_frames_max: u32, exploits: usize) -> u64 {
+    async fn wal_size_after_a_stream_of_commits(wal_bytes_max: u64, exploits: usize) -> u64 {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let store = store_with_webhooks(&path, 100).await;
         drop(store);
         // The background checkpointer ends at its next tick once the store is gone.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let hot = HotPath::open(&path, SecretCodec::plaintext(), wal_frames_max).unwrap();
+        let hot = HotPath::open(&path, SecretCodec::plaintext(), wal_bytes_max).unwrap();
         let mut records = Vec::new();
         for n in 0..exploits {
             let ingested = hot.ingest(&[exploit(n)]).await.unwrap();
@@ -1646,17 +1650,18 @@ mod tests {
     /// the bound, where without one it holds every commit of the stream.
     #[tokio::test]
     async fn the_hot_path_keeps_the_wal_near_its_bound_under_a_stream_of_commits() {
-        const FRAME: u64 = 4096 + 24;
-        const BOUND: u32 = 64;
+        const PAGE: u64 = crate::store::sqlite::PAGE_SIZE as u64;
+        const FRAME: u64 = PAGE + 24;
+        const BOUND: u64 = 64;
         let unbounded = wal_size_after_a_stream_of_commits(0, 150).await;
-        let bounded = wal_size_after_a_stream_of_commits(BOUND, 150).await;
+        let bounded = wal_size_after_a_stream_of_commits(BOUND * PAGE, 150).await;
         assert!(
-            unbounded > 20 * u64::from(BOUND) * FRAME,
+            unbounded > 20 * BOUND * FRAME,
             "the stream wrote only {unbounded} bytes of WAL: too little to test the bound"
         );
         // The bound, plus the commit that crossed it.
         assert!(
-            bounded < 4 * u64::from(BOUND) * FRAME,
+            bounded < 4 * BOUND * FRAME,
             "the WAL grew to {bounded} bytes with a bound of {BOUND} frames"
         );
     }
@@ -2116,7 +2121,7 @@ mod tests {
         let per_exploit = "SELECT count(*) FROM deliveries WHERE exploit_id = ?1";
         assert_eq!(count(per_exploit), first_part as i64);
 
-        let hot = HotPath::open(&path, SecretCodec::plaintext(), 8192).unwrap();
+        let hot = HotPath::open(&path, SecretCodec::plaintext(), 32 << 20).unwrap();
         assert_eq!(hot.own_workers().unwrap().await.unwrap().unwrap(), 1);
         assert_eq!(count(per_exploit), WEBHOOKS as i64);
         assert_eq!(
@@ -2133,7 +2138,7 @@ mod tests {
         );
         // A second start finds nothing left to do.
         drop(hot);
-        let hot = HotPath::open(&path, SecretCodec::plaintext(), 8192).unwrap();
+        let hot = HotPath::open(&path, SecretCodec::plaintext(), 32 << 20).unwrap();
         assert_eq!(hot.own_workers().unwrap().await.unwrap().unwrap(), 0);
         assert_eq!(count(per_exploit), WEBHOOKS as i64);
     }
@@ -2363,7 +2368,7 @@ mod timing {
         let hot = HotPath::open(
             &path,
             SecretCodec::plaintext(),
-            if count { 0 } else { 8192 },
+            if count { 0 } else { 32 << 20 },
         )
         .unwrap();
         // As in `serve`: the process that owns the workers, which may split an ingest.

@@ -41,6 +41,24 @@ fn dump_columns(conn: &Connection, table: &str, columns: &[String]) -> Vec<Strin
         .unwrap()
 }
 
+fn page_size(conn: &Connection) -> i64 {
+    conn.pragma_query_value(None, "page_size", |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_new_sqlite_file_has_8_kib_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    migrate_with_the_binary(&format!("sqlite://{}", path.display())).await;
+    let conn = Connection::open(&path).unwrap();
+    assert_eq!(page_size(&conn), 8192);
+    let journal: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, "wal");
+}
+
 /// A database with only the first migration applied, as the first release left it.
 async fn first_release_database(path: &Path) {
     let dir = tempfile::tempdir().unwrap();
@@ -106,6 +124,8 @@ async fn upgrading_a_sqlite_file_keeps_every_delivery_and_attempt() {
 
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+    // The file keeps the 4 KiB pages it was made with; only new files get 8 KiB ones.
+    assert_eq!(page_size(&conn), 4096);
     assert_eq!(dump_columns(&conn, "deliveries", &old_columns), before.0);
     assert_eq!(dump(&conn, "delivery_attempts"), before.1);
     // Migration 0004's columns hold a delivery's latest attempt; old rows have theirs
