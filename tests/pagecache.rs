@@ -25,13 +25,18 @@ fn rows_survive_balancing_through_the_lock_page_with_the_layer_installed() {
     // SAFETY: as above; this thread is the only one that ever uses SQLite here.
     assert!(
         !unsafe { pagecache::install() },
-        "a second install is refused once SQLite has started"
+        "a second install is refused: the layer is in already"
     );
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.db");
     let mut conn = Connection::open(&path).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    // SAFETY: SQLite has started, so its configuration calls refuse and touch nothing.
+    assert!(
+        !unsafe { pagecache::install() },
+        "an install after SQLite started is refused"
+    );
     // The writer connection's cache size: the pages stay cached across commits.
     conn.pragma_update(None, "cache_size", -16384).unwrap();
     conn.execute_batch(
