@@ -8,7 +8,7 @@
 
 mod api;
 mod pki;
-mod receiver;
+pub(crate) mod receiver;
 mod report;
 mod scenarios;
 mod service;

@@ -12,7 +12,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tracing::level_filters::LevelFilter;
+use tracing::{Instrument, Level};
 
 use super::client::{Outgoing, SendOutcome, Sender};
 use super::policy::{decide, Verdict};
@@ -486,32 +487,8 @@ impl Job {
     }
 
     async fn attempt_one(&self, d: &ClaimedDelivery) -> AttemptRecord {
-        // The answer's code and latency go on the outcome's event, not the span: each
-        // field recorded on a span is formatted at once, logged or not.
-        let span = tracing::info_span!(
-            "delivery_attempt",
-            webhook_id = d.webhook_id,
-            delivery_id = d.id,
-            attempt = d.attempt,
-        );
-        async {
-            let started_at_ms = now_ms();
-            let outcome = self
-                .sender
-                .send(&Outgoing {
-                    url: &d.url,
-                    secret: &d.secret,
-                    event: &d.event,
-                    delivery_id: d.id,
-                    body: &d.body,
-                })
-                .await;
-            let result = decide(&self.schedule, d.round_attempt, verdict(&outcome), now_ms());
-            log_outcome(&self.metrics, &outcome, result);
-            attempt_record(d, started_at_ms, outcome, result)
-        }
-        .instrument(span)
-        .await
+        let most = LevelFilter::current();
+        attempt(&self.sender, &self.schedule, &self.metrics, d, most).await
     }
 
     /// Queued deliveries not to be sent after all: claimable again at once (their
@@ -521,6 +498,75 @@ impl Job {
         if let Err(e) = self.store.release_claims(&ids).await {
             tracing::warn!(error = %e, "could not release claims; their lease will expire");
         }
+    }
+}
+
+/// Sends one attempt of `d` and decides what follows, with its metrics and its event.
+///
+/// Every event of an attempt is logged inside its span, `delivery_attempt`, with the
+/// webhook, the delivery and the attempt number. When anything below INFO may be logged
+/// (`most` is the most verbose level logged anywhere: our debug events, or those of the
+/// libraries the request goes through), the span is made before the request and covers
+/// it. Otherwise the only event an attempt can log is
+/// its outcome's, and the span is made for that event alone, when there is one: at INFO a
+/// success logs nothing and makes no span. A span made and closed for every delivery
+/// (a slot in the registry, its fields formatted, entered at each poll) was 4% of the
+/// CPU of a delivery, counting both ends of the bench (BENCHMARKS.md item 51).
+async fn attempt(
+    sender: &Sender,
+    schedule: &[Duration],
+    metrics: &AttemptMetrics,
+    d: &ClaimedDelivery,
+    most: LevelFilter,
+) -> AttemptRecord {
+    let sent = async {
+        let started_at_ms = now_ms();
+        let outcome = sender
+            .send(&Outgoing {
+                url: &d.url,
+                secret: &d.secret,
+                event: &d.event,
+                delivery_id: d.id,
+                body: &d.body,
+            })
+            .await;
+        let result = decide(schedule, d.round_attempt, verdict(&outcome), now_ms());
+        (started_at_ms, outcome, result)
+    };
+    let (started_at_ms, outcome, result) = if most > LevelFilter::INFO {
+        let span = attempt_span(d);
+        let sent = sent.instrument(span.clone()).await;
+        span.in_scope(|| log_outcome(metrics, &sent.1, sent.2));
+        sent
+    } else {
+        let sent = sent.await;
+        if most >= log_level(sent.2) {
+            attempt_span(d).in_scope(|| log_outcome(metrics, &sent.1, sent.2));
+        } else {
+            log_outcome(metrics, &sent.1, sent.2);
+        }
+        sent
+    };
+    attempt_record(d, started_at_ms, outcome, result)
+}
+
+/// The span of one attempt. The answer's code and latency go on the outcome's event, not
+/// here: each field recorded on a span is formatted at once, logged or not.
+fn attempt_span(d: &ClaimedDelivery) -> tracing::Span {
+    tracing::info_span!(
+        "delivery_attempt",
+        webhook_id = d.webhook_id,
+        delivery_id = d.id,
+        attempt = d.attempt,
+    )
+}
+
+/// The level of the event `log_outcome` writes for `result`.
+fn log_level(result: AttemptResult) -> Level {
+    match result {
+        AttemptResult::Succeeded => Level::DEBUG,
+        AttemptResult::RetryAt(_) => Level::INFO,
+        AttemptResult::Failed | AttemptResult::Gone => Level::WARN,
     }
 }
 
@@ -795,5 +841,135 @@ mod tests {
             place(&e, &permits, 10..12, lease),
             (vec![10], vec![], vec![11])
         );
+    }
+
+    /// Log lines written to memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Counts the attempt spans made.
+    struct AttemptSpans(Arc<AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AttemptSpans {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if attrs.metadata().name() == "delivery_attempt" {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn claimed(url: String, id: i64, webhook_id: i64, attempt: i64) -> ClaimedDelivery {
+        ClaimedDelivery {
+            id,
+            webhook_id,
+            url: url.into(),
+            secret: "whsec_test".into(),
+            event: "exploit.detected".into(),
+            body: bytes::Bytes::from_static(b"{}"),
+            attempt,
+            round_attempt: 1,
+        }
+    }
+
+    /// A success (200) and a failure (404) through real HTTP to a loopback receiver, with
+    /// everything up to `level` logged: (the log, attempt spans made).
+    fn two_attempts_logged_at(level: LevelFilter) -> (String, usize) {
+        use tracing_subscriber::layer::SubscriberExt;
+        let receiver = crate::bench::receiver::Receiver::start(None).unwrap();
+        let config = Config {
+            allow_private_networks: vec!["127.0.0.0/8".into()],
+            ..Config::default()
+        };
+        let sender = Sender::new(&config).unwrap();
+        let out = Captured::default();
+        let spans = Arc::new(AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry()
+            .with(level)
+            .with(AttemptSpans(spans.clone()))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .without_time()
+                    .with_writer({
+                        let out = out.clone();
+                        move || out.clone()
+                    }),
+            );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(async {
+                let metrics = AttemptMetrics::new();
+                let schedule = [Duration::from_secs(60)];
+                let ok = claimed(receiver.url("/ceiling/a"), 101, 11, 1);
+                let ok = attempt(&sender, &schedule, &metrics, &ok, level).await;
+                assert_eq!(ok.result, AttemptResult::Succeeded);
+                let missing = claimed(receiver.url("/no-such-path"), 202, 22, 3);
+                let missing = attempt(&sender, &schedule, &metrics, &missing, level).await;
+                assert_eq!(missing.status_code, Some(404));
+                assert!(matches!(missing.result, AttemptResult::RetryAt(_)));
+            })
+        });
+        let log = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        (log, spans.load(Ordering::Relaxed))
+    }
+
+    fn line_with<'a>(log: &'a str, text: &str) -> &'a str {
+        log.lines()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("no line with {text:?} in:\n{log}"))
+    }
+
+    #[test]
+    fn at_info_only_an_attempt_that_logs_makes_its_span_and_its_event_is_inside() {
+        let (log, spans) = two_attempts_logged_at(LevelFilter::INFO);
+        let failed = line_with(&log, "attempt failed; will retry");
+        assert!(
+            failed.contains("delivery_attempt{webhook_id=22 delivery_id=202 attempt=3}"),
+            "{log}"
+        );
+        assert!(failed.contains("status_code=404"), "{log}");
+        assert!(!log.contains("delivered"), "{log}");
+        assert_eq!(spans, 1, "the success made no span: {log}");
+    }
+
+    #[test]
+    fn at_debug_every_attempt_has_its_span() {
+        let (log, spans) = two_attempts_logged_at(LevelFilter::DEBUG);
+        let delivered = line_with(&log, "delivered");
+        assert!(
+            delivered.contains("delivery_attempt{webhook_id=11 delivery_id=101 attempt=1}"),
+            "{log}"
+        );
+        let failed = line_with(&log, "attempt failed; will retry");
+        assert!(
+            failed.contains("delivery_attempt{webhook_id=22 delivery_id=202 attempt=3}"),
+            "{log}"
+        );
+        assert_eq!(spans, 2, "{log}");
+    }
+
+    #[test]
+    fn at_warn_a_retry_logs_nothing_and_makes_no_span() {
+        let (log, spans) = two_attempts_logged_at(LevelFilter::WARN);
+        assert_eq!(log, "");
+        assert_eq!(spans, 0);
     }
 }
