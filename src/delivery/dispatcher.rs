@@ -931,20 +931,23 @@ mod tests {
         (log, spans.load(Ordering::Relaxed))
     }
 
-    fn line_with<'a>(log: &'a str, text: &str) -> &'a str {
-        log.lines()
+    /// The line of `log` with `text`, which must be inside `span`.
+    fn line_in_span<'a>(log: &'a str, text: &str, span: &str) -> &'a str {
+        let line = log
+            .lines()
             .find(|l| l.contains(text))
-            .unwrap_or_else(|| panic!("no line with {text:?} in:\n{log}"))
+            .unwrap_or_else(|| panic!("no line with {text:?} in:\n{log}"));
+        assert!(line.contains(span), "{text:?} is not inside {span}:\n{log}");
+        line
     }
+
+    const SUCCESS_SPAN: &str = "delivery_attempt{webhook_id=11 delivery_id=101 attempt=1}";
+    const RETRY_SPAN: &str = "delivery_attempt{webhook_id=22 delivery_id=202 attempt=3}";
 
     #[test]
     fn at_info_only_an_attempt_that_logs_makes_its_span_and_its_event_is_inside() {
         let (log, spans) = two_attempts_logged_at(LevelFilter::INFO);
-        let failed = line_with(&log, "attempt failed; will retry");
-        assert!(
-            failed.contains("delivery_attempt{webhook_id=22 delivery_id=202 attempt=3}"),
-            "{log}"
-        );
+        let failed = line_in_span(&log, "attempt failed; will retry", RETRY_SPAN);
         assert!(failed.contains("status_code=404"), "{log}");
         assert!(!log.contains("delivered"), "{log}");
         assert_eq!(spans, 1, "the success made no span: {log}");
@@ -953,16 +956,8 @@ mod tests {
     #[test]
     fn at_debug_every_attempt_has_its_span() {
         let (log, spans) = two_attempts_logged_at(LevelFilter::DEBUG);
-        let delivered = line_with(&log, "delivered");
-        assert!(
-            delivered.contains("delivery_attempt{webhook_id=11 delivery_id=101 attempt=1}"),
-            "{log}"
-        );
-        let failed = line_with(&log, "attempt failed; will retry");
-        assert!(
-            failed.contains("delivery_attempt{webhook_id=22 delivery_id=202 attempt=3}"),
-            "{log}"
-        );
+        line_in_span(&log, "delivered", SUCCESS_SPAN);
+        line_in_span(&log, "attempt failed; will retry", RETRY_SPAN);
         assert_eq!(spans, 2, "{log}");
     }
 
