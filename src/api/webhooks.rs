@@ -61,9 +61,13 @@ pub fn router() -> Router<AppState> {
 pub struct HealthOut {
     /// `healthy`, `degraded`, `failing` or `no_data`.
     pub status: &'static str,
+    /// Over the deliveries finished in the last 24 h: those whose last attempt was in
+    /// the current hour (UTC) or the 23 before it, the hours of the `stats` chart.
     pub success_rate_24h: Option<f64>,
     pub success_rate_all_time: Option<f64>,
+    /// Deliveries finished in the last 24 h, as for `success_rate_24h`.
     pub deliveries_24h: u64,
+    /// Mean latency of the last attempts of those deliveries.
     pub mean_latency_ms_24h: Option<f64>,
     pub consecutive_failures: u64,
     /// The latest success; while every attempt succeeds, at most a second behind.

@@ -1,6 +1,7 @@
 //! Persistence: the `Store` trait the API and the workers use, and one implementation
 //! per backend (SQLite embedded by default; PostgreSQL for many processes).
 
+mod hours;
 mod outcomes;
 pub mod pagecache;
 pub mod postgres;

@@ -784,7 +784,9 @@ impl Store for PgStore {
         if webhook_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let since = now_ms - 24 * 3_600_000;
+        // The last day is the current hour and the 23 before it, as in SQLite, whose
+        // figures are kept by the hour.
+        let since = (super::hours::hour_of(now_ms) - 23) * super::hours::HOUR_MS;
         // One round trip for a whole list: the figures of every webhook at once. The
         // all-time counts come from `deliveries_by_webhook_status` (index-only once
         // vacuumed); only the last day's deliveries are read, through

@@ -22,6 +22,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use rustc_hash::FxHashMap;
 use tokio::sync::{oneshot, Notify};
 
+use super::hours::{HourDeltas, Standing, COUNT_STOPPED};
 use super::{
     delivery_outcome, exploit_dedup_key, gone_reason, health_deltas, intern, AttemptRecord,
     AttemptResult, ClaimPicker, ClaimedDelivery, IngestOutcome, Outcomes, StoreError, StoreResult,
@@ -713,12 +714,16 @@ fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreRes
     // The attempt goes into the row (migration 0004). A row that already holds one (a
     // retry) has that one moved to `delivery_attempts` first; this writer is the only
     // one that records attempts, so it keeps that invariant (migration 0005 dropped the
-    // trigger that did). Most outcomes are first attempts: one statement, which finds
-    // the row empty.
+    // trigger that did). Most outcomes are first attempts of pending rows: one
+    // statement, which finds the row empty, and whose figures are known without reading
+    // it. The rest read the row's standing first, to move its figures (migration 0007).
     let mut into_empty_row = tx.prepare_cached(concat!(
         record_attempt_set!(),
-        " AND attempt_started_at IS NULL"
+        " AND attempt_started_at IS NULL AND status = 'pending'"
     ))?;
+    let mut standing = tx.prepare_cached(
+        "SELECT status, last_attempt_at, latency_ms FROM deliveries WHERE id = ?1",
+    )?;
     let mut keep_previous = tx.prepare_cached(
         "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, \
          latency_ms, error_kind, error, response_body) \
@@ -727,6 +732,7 @@ fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreRes
          FROM deliveries WHERE id = ?1 AND attempt_started_at IS NOT NULL",
     )?;
     let mut over_previous = tx.prepare_cached(record_attempt_set!())?;
+    let mut hours = HourDeltas::default();
     for r in records {
         let (status, next_at, delivered_at) = delivery_outcome(r);
         let values = params![
@@ -742,11 +748,35 @@ fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreRes
             r.error_kind,
             r.response_body
         ];
-        if into_empty_row.execute(values)? == 0 {
-            // The row holds an earlier attempt, or is gone (then both are no-ops).
+        let after = |status| Standing {
+            status,
+            last_attempt_at: Some(r.started_at_ms + r.latency_ms),
+            latency_ms: Some(r.latency_ms),
+        };
+        if into_empty_row.execute(values)? == 1 {
+            hours.moved(r.webhook_id, None, after(status));
+        } else {
+            // The row holds an earlier attempt, was stopped meanwhile (it stays failed),
+            // or is gone (nothing to write).
+            let Some((was, last_at, latency)) = standing
+                .query_row(params![r.delivery_id], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()?
+            else {
+                continue;
+            };
             keep_previous.execute(params![r.delivery_id])?;
             over_previous.execute(values)?;
+            let before = Standing {
+                status: &was,
+                last_attempt_at: last_at,
+                latency_ms: latency,
+            };
+            let now = if was == "pending" { status } else { &was };
+            hours.moved(r.webhook_id, Some(before), after(now));
         }
+        hours.attempt(r);
     }
     let mut health = tx.prepare_cached(
         "UPDATE webhooks SET \
@@ -770,6 +800,7 @@ fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreRes
     }
     for r in records.iter().filter(|r| r.result == AttemptResult::Gone) {
         let at = r.started_at_ms + r.latency_ms;
+        tx.prepare_cached(COUNT_STOPPED)?.execute([r.webhook_id])?;
         tx.execute(
             "UPDATE webhooks SET is_active = 0, disabled_reason = ?2, updated_at = ?3 \
              WHERE id = ?1 AND deleted_at IS NULL",
@@ -784,7 +815,7 @@ fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreRes
             ],
         )?;
     }
-    Ok(())
+    hours.write(tx)
 }
 
 /// Rows of the due order a claim reads before looking endpoint by endpoint.
@@ -2319,6 +2350,156 @@ mod tests {
             .turn(&[], Some(&claim_of(now + HEAD_REREAD_MS, 10)))
             .unwrap();
         assert_eq!(ids(&later)[0], late, "{:?}", ids(&later));
+    }
+
+    /// The hourly figures (migration 0007) after each way a delivery's standing changes,
+    /// recounted from the deliveries and attempts themselves: first attempts that
+    /// succeed or fail for good, a retry and its second attempt (with two attempts of
+    /// one delivery in one batch), a 410 that stops the webhook's queue, a webhook
+    /// deleted with attempted deliveries queued and one of them still in flight, and
+    /// manual retries of a failed and a succeeded delivery, finished again an hour on.
+    #[tokio::test]
+    async fn the_hourly_figures_match_a_recount_after_every_kind_of_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = store_with_webhooks(&path, 50).await;
+        let exploits: Vec<_> = (0..3).map(exploit).collect();
+        store.ingest_exploits(&exploits).await.unwrap();
+        let now = now_ms();
+        let claimed = store
+            .claim_due_deliveries(now, now + 60_000, 200, 16, &[])
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 150);
+        let conn = Connection::open(&path).unwrap();
+        let check = |step: &str| {
+            let read = |sql: &str| -> Vec<[i64; 9]> {
+                let mut stmt = conn.prepare(sql).unwrap();
+                stmt.query_map([], |r| {
+                    let mut row = [0; 9];
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = r.get(i)?;
+                    }
+                    Ok(row)
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+            };
+            let (stored, recount) = (
+                read(super::super::hours::STORED),
+                read(super::super::hours::RECOUNT),
+            );
+            assert!(!recount.is_empty(), "{step}: nothing to count");
+            assert_eq!(stored, recount, "{step}: stored figures against a recount");
+        };
+        let of = |webhook: usize| -> Vec<&ClaimedDelivery> {
+            let mut ids: Vec<i64> = claimed.iter().map(|d| d.webhook_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            claimed
+                .iter()
+                .filter(|d| d.webhook_id == ids[webhook])
+                .collect()
+        };
+        let hour = 3_600_000;
+        let at = |d: &ClaimedDelivery, started: i64, latency: i64, result| AttemptRecord {
+            started_at_ms: started,
+            latency_ms: latency,
+            status_code: Some(if result == AttemptResult::Succeeded {
+                200
+            } else {
+                500
+            }),
+            error_kind: (result != AttemptResult::Succeeded).then_some("http_status"),
+            error: (result != AttemptResult::Succeeded).then(|| "HTTP 500".to_string()),
+            result,
+            ..success(d, started)
+        };
+        let retry = AttemptResult::RetryAt(now + 60_000);
+
+        let (a, b, c, gone, deleted) = (of(0), of(1), of(2), of(3), of(4));
+        store
+            .record_attempts(&[
+                at(a[0], now, 5, AttemptResult::Succeeded),
+                at(a[1], now - 2 * hour, 7, AttemptResult::Succeeded),
+                at(a[2], now - 30 * hour, 9, AttemptResult::Failed),
+                at(b[0], now - hour, 11, retry),
+                at(b[1], now - hour, 13, retry),
+                at(b[1], now, 17, AttemptResult::Succeeded),
+                at(gone[0], now - hour, 19, retry),
+                at(deleted[0], now - hour, 23, retry),
+                at(deleted[1], now - hour, 29, retry),
+            ])
+            .await
+            .unwrap();
+        check("first attempts");
+
+        store
+            .record_attempts(&[
+                at(b[0], now, 31, AttemptResult::Failed),
+                at(gone[1], now, 37, AttemptResult::Gone),
+                at(c[0], now, 41, AttemptResult::Succeeded),
+            ])
+            .await
+            .unwrap();
+        check("a retry's last attempt and a 410");
+        let stopped: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND status = 'failed'",
+                [gone[0].webhook_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stopped, 3, "the 410 stopped the webhook's queue");
+
+        let user: i64 = conn
+            .query_row(
+                "SELECT user_id FROM webhooks WHERE id = ?1",
+                [deleted[0].webhook_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        store
+            .delete_webhook(user, deleted[0].webhook_id)
+            .await
+            .unwrap();
+        check("a webhook deleted with attempted deliveries queued");
+        store
+            .record_attempts(&[at(deleted[1], now + hour, 43, AttemptResult::Succeeded)])
+            .await
+            .unwrap();
+        check("an attempt in flight when its webhook was deleted");
+
+        for (d, result) in [
+            (b[0], AttemptResult::Failed),
+            (c[0], AttemptResult::Succeeded),
+        ] {
+            store
+                .requeue_delivery(d.webhook_id, d.id, now)
+                .await
+                .unwrap();
+            check("a manual retry");
+            store
+                .record_attempts(&[at(d, now + hour, 47, result)])
+                .await
+                .unwrap();
+            check("a manual retry finished");
+        }
+        let health = store
+            .webhook_health(b[0].webhook_id, now + hour)
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                health.succeeded_24h,
+                health.failed_24h,
+                health.succeeded_all,
+                health.failed_all
+            ),
+            (1, 1, 1, 1),
+            "one delivery succeeded and one failed, each counted once"
+        );
     }
 }
 

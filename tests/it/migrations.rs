@@ -196,11 +196,33 @@ async fn upgrading_a_sqlite_file_keeps_every_delivery_and_attempt() {
             "deliveries_by_webhook",
             "deliveries_due",
             "deliveries_failed_by_webhook",
-            "deliveries_finished",
             "deliveries_pending_by_webhook",
-            "deliveries_succeeded_by_webhook",
             "delivery_attempts_by_delivery"
         ]
+    );
+    // Migration 0007's hourly figures, counted from the old rows (all in the epoch's first
+    // hour): webhook 1's attempt and succeeded delivery; webhook 2's two failed attempts,
+    // and nothing for its pending delivery nor its failed one that was never attempted.
+    let figures: Vec<[i64; 9]> = conn
+        .prepare(
+            "SELECT hour, webhook_id, attempts_ok, attempts_failed, attempts_latency_ms, \
+             succeeded, failed, finished_latency_ms, finished_latencies \
+             FROM delivery_hours ORDER BY hour, webhook_id",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            let mut row = [0; 9];
+            for (i, v) in row.iter_mut().enumerate() {
+                *v = r.get(i)?;
+            }
+            Ok(row)
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        figures,
+        [[0, 1, 1, 0, 1, 1, 0, 1, 1], [0, 2, 0, 2, 2, 0, 0, 0, 0]]
     );
 
     // What the rebuild is for: writing a delivery or an attempt builds no temporary
