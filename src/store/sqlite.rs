@@ -40,7 +40,8 @@ pub struct SqliteStore {
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes per database page of a new database (SQLite's default is 4096). Recording an
-/// outcome changes a row and four index entries: with pages twice as large the b-trees
+/// outcome changes a row and index entries (four when this was measured, two since
+/// migration 0007, where the page size made no difference): with pages twice as large the b-trees
 /// are shallower and split half as often, and the writer's CPU per delivery fell 7%
 /// (BENCHMARKS.md item 50). The writer's cache is set in bytes, so memory is the same.
 pub(crate) const PAGE_SIZE: u32 = 8192;
