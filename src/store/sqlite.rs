@@ -40,10 +40,11 @@ pub struct SqliteStore {
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes per database page of a new database (SQLite's default is 4096). Recording an
-/// outcome changes a row and index entries (four when this was measured, two since
-/// migration 0007, where the page size made no difference): with pages twice as large the b-trees
-/// are shallower and split half as often, and the writer's CPU per delivery fell 7%
-/// (BENCHMARKS.md item 50). The writer's cache is set in bytes, so memory is the same.
+/// outcome changed a row and four index entries when this was measured: with pages twice
+/// as large the b-trees are shallower and split half as often, and the writer's CPU per
+/// delivery fell 7% (BENCHMARKS.md item 50). Since migration 0007 (two entries) the page
+/// size made no difference (item 52). The writer's cache is set in bytes, so memory is
+/// the same.
 pub(crate) const PAGE_SIZE: u32 = 8192;
 const READ_CONNECTIONS: u32 = 8;
 
@@ -796,13 +797,14 @@ impl Store for SqliteStore {
         bucket_ms: i64,
     ) -> StoreResult<Vec<AttemptBucket>> {
         // From the webhook's hourly figures (migration 0007), which count each attempt
-        // in the hour it started: buckets are whole hours from an hour's start.
+        // in the hour it started: buckets are whole hours from an hour's start. The
+        // bound is on `hour` itself, so the webhook's index starts at the window.
         let rows = sqlx::query(
             "SELECT (hour * 3600000 - ?2) / ?3 AS bucket, \
                SUM(attempts_ok) AS ok, SUM(attempts_failed) AS failed, \
                CAST(SUM(attempts_latency_ms) AS REAL) \
                  / NULLIF(SUM(attempts_ok + attempts_failed), 0) AS latency \
-             FROM delivery_hours WHERE webhook_id = ?1 AND hour * 3600000 >= ?2 \
+             FROM delivery_hours WHERE webhook_id = ?1 AND hour >= (?2 + 3599999) / 3600000 \
              GROUP BY bucket HAVING SUM(attempts_ok + attempts_failed) > 0 ORDER BY bucket",
         )
         .bind(webhook_id)
