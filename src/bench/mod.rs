@@ -106,9 +106,23 @@ pub struct BenchArgs {
     pub worker_processes: usize,
     /// Pairs of `throughput` then `ceiling` to run, alternated, when both are selected;
     /// their figures are the pair's with the median ratio, and every pair's ratio is
-    /// printed. On a shared machine one pair's ratio moved by half between runs.
-    #[arg(long, default_value_t = 1)]
-    pub rounds: usize,
+    /// printed. On a shared machine one pair's ratio moved by half between runs, and by a
+    /// tenth on a quiet one [default: 3; quick: 1].
+    #[arg(long)]
+    pub rounds: Option<usize>,
+}
+
+/// Pairs of `throughput` and `ceiling` when `--rounds` is not given: one pair's ratio is
+/// one sample of a figure that moved between 0.46 and 0.53 in five runs of the default
+/// set on one quiet machine; the median of three moves less, for about 20 s more.
+const DEFAULT_ROUNDS: usize = 3;
+
+impl BenchArgs {
+    /// Pairs of `throughput` and `ceiling` to run when both are selected.
+    fn pairs(&self) -> usize {
+        self.rounds
+            .unwrap_or(if self.quick { 1 } else { DEFAULT_ROUNDS })
+    }
 }
 
 /// Runs the selected scenarios and prints the report. `database_url` is the global
@@ -118,7 +132,8 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
     if args.rate == 0 {
         bail!("--rate must be at least 1");
     }
-    if args.rounds == 0 {
+    let rounds = args.pairs();
+    if rounds == 0 {
         bail!("--rounds must be at least 1");
     }
     if args.max_in_flight == 0 || args.max_in_flight_per_endpoint == 0 {
@@ -148,14 +163,14 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
             .unwrap_or(Duration::from_secs(if args.quick { 2 } else { 10 })),
     };
     let mut report = Report::new(&env);
-    let paired = args.rounds > 1
+    let paired = rounds > 1
         && selected.contains(&Scenario::Throughput)
         && selected.contains(&Scenario::Ceiling);
     let mut pairs_done = false;
     for scenario in selected {
         if paired && matches!(scenario, Scenario::Throughput | Scenario::Ceiling) {
             if !pairs_done {
-                run_pairs(&env, args.rounds, &mut report).await;
+                run_pairs(&env, rounds, &mut report).await;
                 pairs_done = true;
             }
             continue;
@@ -242,6 +257,27 @@ fn selected_scenarios(given: &[Scenario]) -> Vec<Scenario> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bench_args(args: &[&str]) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let argv = std::iter::once("bench").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .expect("valid bench arguments")
+            .bench
+    }
+
+    #[test]
+    fn the_full_set_runs_three_pairs_the_quick_one_one_and_rounds_overrides_both() {
+        assert_eq!(bench_args(&[]).pairs(), 3);
+        assert_eq!(bench_args(&["--quick"]).pairs(), 1);
+        assert_eq!(bench_args(&["--rounds", "5"]).pairs(), 5);
+        assert_eq!(bench_args(&["--quick", "--rounds", "2"]).pairs(), 2);
+        assert_eq!(bench_args(&["--rounds", "1"]).pairs(), 1);
+    }
 
     #[test]
     fn the_median_pair_is_the_middle_ratio_or_the_lower_middle_one() {
