@@ -114,7 +114,8 @@ pub struct BenchArgs {
 
 /// Pairs of `throughput` and `ceiling` when `--rounds` is not given: one pair's ratio is
 /// one sample of a figure that moved between 0.46 and 0.53 in five runs of the default
-/// set on one quiet machine; the median of three moves less, for about 20 s more.
+/// set on one quiet machine; the median of three moves less, for 16 s more (48 s
+/// against 32 s for the default set on a 2-core AMD EPYC host).
 const DEFAULT_ROUNDS: usize = 3;
 
 impl BenchArgs {
