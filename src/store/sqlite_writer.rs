@@ -829,6 +829,12 @@ fn record(tx: &rusqlite::Transaction<'_>, records: &[AttemptRecord]) -> StoreRes
 
 /// Rows of the due order a claim reads before looking endpoint by endpoint.
 const HEAD_SCAN_MIN: usize = 256;
+/// Rows in a row of endpoints without room after which a claim stops reading the head
+/// and looks endpoint by endpoint (`claim_past_head`). Rows of one endpoint lie side by
+/// side in the due order (one due time, one webhook: a whole ingest for an endpoint
+/// catching up), so without this a claim read to its bound through rows it could not
+/// take: two thirds of the writer's time while one endpoint drained a backlog.
+const REFUSED_RUN: usize = 64;
 /// Pending rows of one endpoint read to find its due ones (the rest wait for a retry).
 const ENDPOINT_SCAN: i64 = 256;
 
@@ -927,14 +933,6 @@ struct Pending {
     schedule_base: i64,
 }
 
-/// The rows a claim's scans took, by id, and the turn's event names (each allocated
-/// once).
-#[derive(Default)]
-struct Taken {
-    rows: FxHashMap<i64, Pending>,
-    events: Vec<Arc<str>>,
-}
-
 /// `Pending` from a row of `id, webhook_id, next_attempt_at, event, payload,
 /// exploit_id, attempts, schedule_base`.
 fn pending_row(row: &rusqlite::Row<'_>, events: &mut Vec<Arc<str>>) -> rusqlite::Result<Pending> {
@@ -951,12 +949,15 @@ fn pending_row(row: &rusqlite::Row<'_>, events: &mut Vec<Arc<str>>) -> rusqlite:
 /// What a read of the head of the due order found.
 struct HeadScan {
     scanned: usize,
+    /// It stopped at `REFUSED_RUN` rows in a row of endpoints without room.
+    blocked: bool,
     cursor: Option<HeadCursor>,
 }
 
 /// Offers the due deliveries from `start` (the start of the due order if `None`) to
-/// `picker`, passing over this process's, until the claim is full or `bound` rows were
-/// read; and where the next claim may start (`HeadCursor`).
+/// `picker`, passing over this process's, until the claim is full, `bound` rows were
+/// read or `REFUSED_RUN` rows in a row had no room; and where the next claim may start
+/// (`HeadCursor`).
 fn scan_head(
     tx: &rusqlite::Transaction<'_>,
     claims: &Claims,
@@ -964,23 +965,20 @@ fn scan_head(
     c: &Claim,
     bound: usize,
     start: Option<HeadCursor>,
-    taken: &mut Taken,
 ) -> StoreResult<HeadScan> {
     // Stopping as soon as the claim is full. The scan is bounded: behind a deep queue of
     // an endpoint without room (down, or slow) it would otherwise read the whole queue on
-    // every turn. It reads what a claimed delivery needs of its row, so a claimed row is
-    // read once, not again by id (the cursor leaves few rows of other claims to pass
-    // over, whose columns are read for nothing).
+    // every turn. It reads only what the index holds: a column of the row would cost a
+    // seek into the table for every row read, and most rows read are passed over (this
+    // process's claims, rows without room). The claimed ones are read by id after.
     let mut from_start = tx.prepare_cached(
-        "SELECT id, webhook_id, next_attempt_at, event, payload, exploit_id, attempts, \
-           schedule_base FROM deliveries \
+        "SELECT id, webhook_id, next_attempt_at FROM deliveries \
          WHERE status = 'pending' AND next_attempt_at <= ?1 \
            AND (locked_until IS NULL OR locked_until <= ?1) \
          ORDER BY next_attempt_at LIMIT ?2",
     )?;
     let mut from_cursor = tx.prepare_cached(
-        "SELECT id, webhook_id, next_attempt_at, event, payload, exploit_id, attempts, \
-           schedule_base FROM deliveries \
+        "SELECT id, webhook_id, next_attempt_at FROM deliveries \
          WHERE status = 'pending' AND next_attempt_at <= ?1 \
            AND (locked_until IS NULL OR locked_until <= ?1) \
            AND (next_attempt_at, webhook_id) >= (?3, ?4) \
@@ -993,10 +991,12 @@ fn scan_head(
     let whole_read_at_ms = start.map_or(c.now_ms, |h| h.whole_read_at_ms);
     let mut scan = HeadScan {
         scanned: 0,
+        blocked: false,
         cursor: start,
     };
     // Every row read so far was this process's, or taken now: the cursor may follow.
     let mut all_ours = true;
+    let mut refused = 0usize;
     while let Some(row) = rows.next()? {
         scan.scanned += 1;
         let id = row.get(0)?;
@@ -1006,10 +1006,16 @@ fn scan_head(
                 break;
             }
             let room = picker.has_room(webhook_id);
-            picker.offer(id, webhook_id);
             if room {
-                taken.rows.insert(id, pending_row(row, &mut taken.events)?);
+                refused = 0;
+            } else {
+                refused += 1;
+                if refused >= REFUSED_RUN {
+                    scan.blocked = true;
+                    break;
+                }
             }
+            picker.offer(id, webhook_id);
             room
         };
         all_ours &= ours;
@@ -1040,18 +1046,17 @@ fn claim_due(
     let mut picker = ClaimPicker::new(&c.room, c.per_endpoint, c.limit);
     let bound = (c.limit * 8).max(HEAD_SCAN_MIN) + claims.len();
     let start = claims.start(c.now_ms);
-    let mut taken = Taken::default();
-    let mut head = scan_head(tx, claims, &mut picker, c, bound, start, &mut taken)?;
+    let mut head = scan_head(tx, claims, &mut picker, c, bound, start)?;
     #[cfg(test)]
     claims.rows_read.set(claims.rows_read.get() + head.scanned);
     if start.is_some() && !picker.is_full() {
         // Short past the cursor: read from the start, for what came before it.
-        head = scan_head(tx, claims, &mut picker, c, bound, None, &mut taken)?;
+        head = scan_head(tx, claims, &mut picker, c, bound, None)?;
         #[cfg(test)]
         claims.rows_read.set(claims.rows_read.get() + head.scanned);
     }
-    if !picker.is_full() && head.scanned == bound {
-        // The head is all endpoints without room: the others' due deliveries are found
+    if !picker.is_full() && (head.scanned == bound || head.blocked) {
+        // The head is endpoints without room: the others' due deliveries are found
         // endpoint by endpoint, so one deep queue cannot hide them.
         claim_past_head(tx, claims, &mut picker, c)?;
     }
@@ -1060,10 +1065,7 @@ fn claim_due(
     if claimed.is_empty() {
         return Ok((Vec::new(), cursor));
     }
-    let mut read = tx.prepare_cached(
-        "SELECT id, webhook_id, next_attempt_at, event, payload, exploit_id, attempts, \
-           schedule_base FROM deliveries WHERE id = ?1",
-    )?;
+    let mut read = tx.prepare_cached(read_claimed_sql())?;
     let mut webhook = tx.prepare_cached(
         "SELECT url, secret, is_active = 1 AND deleted_at IS NULL FROM webhooks WHERE id = ?1",
     )?;
@@ -1078,6 +1080,17 @@ fn claim_due(
     // A turn often holds several deliveries for one webhook: each webhook is read and its
     // secret opened once. Bodies outlive the turn (`Bodies`).
     let mut targets: FxHashMap<i64, Target> = FxHashMap::default();
+    let mut events = Vec::new();
+    let mut rows_of: FxHashMap<i64, Pending> = FxHashMap::default();
+    for ids in claimed.chunks(READ_CLAIMED) {
+        for i in 0..READ_CLAIMED {
+            read.raw_bind_parameter(i + 1, ids.get(i))?;
+        }
+        let mut rows = read.raw_query();
+        while let Some(row) = rows.next()? {
+            rows_of.insert(row.get(0)?, pending_row(row, &mut events)?);
+        }
+    }
     let mut out = Vec::with_capacity(claimed.len());
     for id in claimed {
         let Pending {
@@ -1087,15 +1100,9 @@ fn claim_due(
             exploit_id,
             attempts,
             schedule_base,
-        } = match taken.rows.remove(&id) {
-            Some(p) => p,
-            // Found endpoint by endpoint (`claim_past_head`): read by id.
-            None => {
-                let mut rows = read.query(params![id])?;
-                let row = rows.next()?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-                pending_row(row, &mut taken.events)?
-            }
-        };
+        } = rows_of
+            .remove(&id)
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
         let target = match targets.entry(webhook_id) {
             Entry::Occupied(t) => t.into_mut(),
             Entry::Vacant(slot) => {
@@ -1213,6 +1220,23 @@ const INSERT_GROUP: usize = 64;
 /// instructions. No constraint can fail here, and if one did the whole transaction
 /// would be given up anyway (the error ends the ingest), which is what `OR ROLLBACK`
 /// does without the journal.
+/// Claimed rows read back per statement.
+const READ_CLAIMED: usize = 64;
+
+/// Reads the claimed rows `?1` .. `?READ_CLAIMED` (NULL for none): one statement for a
+/// chunk of them costs less than one per row.
+fn read_claimed_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let ids: Vec<String> = (1..=READ_CLAIMED).map(|i| format!("?{i}")).collect();
+        format!(
+            "SELECT id, webhook_id, next_attempt_at, event, payload, exploit_id, attempts, \
+               schedule_base FROM deliveries WHERE id IN ({})",
+            ids.join(", ")
+        )
+    })
+}
+
 fn insert_group_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
@@ -2363,6 +2387,52 @@ mod tests {
         got.sort_unstable();
         expected.sort_unstable();
         assert_eq!(got, expected);
+    }
+
+    /// An endpoint without room whose deliveries fill the head of the due order (one
+    /// catching up on a backlog): a claim stops reading them after `REFUSED_RUN` and
+    /// finds the other endpoints' deliveries endpoint by endpoint, instead of reading to
+    /// its bound on every turn.
+    #[tokio::test]
+    async fn a_claim_stops_reading_a_head_it_cannot_take_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = store_with_webhooks(&path, 50).await;
+        store.ingest_exploits(&[exploit(0)]).await.unwrap();
+        drop(store);
+        let (full, others): (i64, Vec<(i64, i64)>) = {
+            let conn = Connection::open(&path).unwrap();
+            let mut st = conn
+                .prepare("SELECT id, webhook_id FROM deliveries ORDER BY webhook_id")
+                .unwrap();
+            let rows: Vec<(i64, i64)> = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            // 999 more for the first webhook, due with its first: the head of the order.
+            conn.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 999)                  INSERT INTO deliveries (webhook_id, exploit_id, event, status, attempts,                    next_attempt_at, created_at)                  SELECT webhook_id, exploit_id, event, 'pending', 0, next_attempt_at, created_at                  FROM deliveries, n WHERE id = ?1",
+                [rows[0].0],
+            )
+            .unwrap();
+            (rows[0].1, rows[1..].to_vec())
+        };
+        let mut w = writer_on(&path);
+        let mut claim = claim_of(now_ms() + 1_000, 10);
+        claim.room = vec![(full, 0)];
+        let claimed = w.turn(&[], Some(&claim)).unwrap();
+        let mut expected: Vec<i64> = others[..10].iter().map(|&(id, _)| id).collect();
+        expected.sort_unstable();
+        let mut got = ids(&claimed);
+        got.sort_unstable();
+        assert_eq!(got, expected);
+        let read = w.claims.rows_read.get();
+        // Without the stop it reads to its bound: `HEAD_SCAN_MIN` rows here.
+        assert!(
+            read <= REFUSED_RUN && read < HEAD_SCAN_MIN,
+            "read {read} rows of the head"
+        );
     }
 
     /// Claims the cursor fills still read from the start every `HEAD_REREAD_MS`.
