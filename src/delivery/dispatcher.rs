@@ -40,7 +40,8 @@ const GATHER_WAIT: Duration = Duration::from_micros(500);
 /// endpoints busy meanwhile. A turn costs the writer a commit and a read past the claims
 /// at the head of the due order whatever its size, and with one endpoint catching up
 /// (`bench --scenario backlog`: 16 attempts in flight, up to 128 queued) turns of 14
-/// outcomes each took 0.8 of a core from the attempts (BENCHMARKS.md item 55).
+/// outcomes each took 0.8 of a core from the attempts (BENCHMARKS.md item 55). A new
+/// delivery for another endpoint may wait up to `QUEUED_GATHER_WAIT` longer for its claim.
 const QUEUED_GATHER: usize = 48;
 const QUEUED_LOW: usize = 48;
 const QUEUED_GATHER_WAIT: Duration = Duration::from_millis(2);
