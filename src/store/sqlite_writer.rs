@@ -1034,6 +1034,23 @@ fn scan_head(
     Ok(scan)
 }
 
+/// Claimed rows read back per statement.
+const READ_CLAIMED: usize = 64;
+
+/// Reads the claimed rows `?1` .. `?READ_CLAIMED` (NULL for none): one statement for a
+/// chunk of them costs less than one per row.
+fn read_claimed_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let ids: Vec<String> = (1..=READ_CLAIMED).map(|i| format!("?{i}")).collect();
+        format!(
+            "SELECT id, webhook_id, next_attempt_at, event, payload, exploit_id, attempts, \
+               schedule_base FROM deliveries WHERE id IN ({})",
+            ids.join(", ")
+        )
+    })
+}
+
 fn claim_due(
     tx: &rusqlite::Transaction<'_>,
     secrets: &SecretCodec,
@@ -1221,23 +1238,6 @@ const INSERT_GROUP: usize = 64;
 /// instructions. No constraint can fail here, and if one did the whole transaction
 /// would be given up anyway (the error ends the ingest), which is what `OR ROLLBACK`
 /// does without the journal.
-/// Claimed rows read back per statement.
-const READ_CLAIMED: usize = 64;
-
-/// Reads the claimed rows `?1` .. `?READ_CLAIMED` (NULL for none): one statement for a
-/// chunk of them costs less than one per row.
-fn read_claimed_sql() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let ids: Vec<String> = (1..=READ_CLAIMED).map(|i| format!("?{i}")).collect();
-        format!(
-            "SELECT id, webhook_id, next_attempt_at, event, payload, exploit_id, attempts, \
-               schedule_base FROM deliveries WHERE id IN ({})",
-            ids.join(", ")
-        )
-    })
-}
-
 fn insert_group_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
@@ -2413,7 +2413,11 @@ mod tests {
                 .unwrap();
             // 999 more for the first webhook, due with its first: the head of the order.
             conn.execute(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 999)                  INSERT INTO deliveries (webhook_id, exploit_id, event, status, attempts,                    next_attempt_at, created_at)                  SELECT webhook_id, exploit_id, event, 'pending', 0, next_attempt_at, created_at                  FROM deliveries, n WHERE id = ?1",
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 999) \
+                 INSERT INTO deliveries (webhook_id, exploit_id, event, status, attempts, \
+                   next_attempt_at, created_at) \
+                 SELECT webhook_id, exploit_id, event, 'pending', 0, next_attempt_at, \
+                   created_at FROM deliveries, n WHERE id = ?1",
                 [rows[0].0],
             )
             .unwrap();
