@@ -100,3 +100,85 @@ fn zero_rounds_is_refused_with_a_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--rounds must be at least 1"), "{stderr}");
 }
+
+/// On PostgreSQL each scenario runs on a database of its own, made and dropped by the
+/// bench: the database named in `--database-url` is left as it was, and none of the
+/// bench's databases is left behind. (Reusing the given database had each run start on
+/// the rows of the runs before it.)
+#[test]
+fn on_postgres_each_scenario_gets_a_new_database_that_goes_after() {
+    let Some(admin) = std::env::var("KAMIYO_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    else {
+        eprintln!("KAMIYO_TEST_POSTGRES_URL is not set: PostgreSQL bench test skipped");
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // What the given database holds, and which bench databases exist.
+    let look = || {
+        runtime.block_on(async {
+            use sqlx::{Connection as _, Row as _};
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("connect to the PostgreSQL test server");
+            let tables: Vec<String> = sqlx::query(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = 'public' ORDER BY 1",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .expect("list tables")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+            let deliveries: Option<i64> = if tables.iter().any(|t| t == "deliveries") {
+                Some(
+                    sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+                        .fetch_one(&mut conn)
+                        .await
+                        .expect("count deliveries"),
+                )
+            } else {
+                None
+            };
+            let scratch: Vec<String> = sqlx::query_scalar(
+                "SELECT datname::text FROM pg_database WHERE datname LIKE 'kamiyo\\_bench\\_%'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .expect("list databases");
+            conn.close().await.ok();
+            (tables, deliveries, scratch)
+        })
+    };
+    let before = look();
+    let report = bench_json(&[
+        "--quick",
+        "--scenario",
+        "throughput,latency",
+        "--database-url",
+        &admin,
+    ]);
+    for scenario in ["throughput", "latency"] {
+        let errors = report[scenario]["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {scenario}.errors in {report}"));
+        assert!(errors.is_empty(), "{scenario} reported errors: {report}");
+    }
+    assert!(
+        report["throughput"]["deliveries"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+    let after = look();
+    assert_eq!(
+        (&after.0, after.1),
+        (&before.0, before.1),
+        "the database in --database-url was written to"
+    );
+    let left: Vec<&String> = after.2.iter().filter(|d| !before.2.contains(d)).collect();
+    assert!(left.is_empty(), "bench databases left behind: {left:?}");
+}

@@ -123,7 +123,13 @@ impl Report {
             "kamiyo-webhooks bench: {} run, {}, {}, {cores} cores, max_in_flight {} ({} per endpoint)",
             if env.quick { "quick" } else { "full" },
             if env.tls { "HTTPS" } else { "plain HTTP" },
-            if env.database_url.is_some() { "given database" } else { "fresh SQLite per scenario" },
+            match env.database_url.as_deref() {
+                Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                    "a new PostgreSQL database per scenario"
+                }
+                Some(_) => "given database",
+                None => "fresh SQLite per scenario",
+            },
             env.max_in_flight,
             env.max_in_flight_per_endpoint,
         );

@@ -1,5 +1,6 @@
-//! The service under test, started in-process from a `Config` on a fresh database, and
-//! stopped through its cancellation token at the end of each scenario.
+//! The service under test, started in-process from a `Config` on a fresh database (a
+//! SQLite file, or a database of its own on the PostgreSQL server given), and stopped
+//! through its cancellation token at the end of each scenario.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +22,9 @@ const STOP_DEADLINE: Duration = Duration::from_secs(15);
 /// What a scenario changes in the service's configuration.
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
-    /// `None`: a fresh SQLite file in a temporary directory.
+    /// `None`: a fresh SQLite file in a temporary directory. A PostgreSQL URL names the
+    /// server and a role allowed to create databases: each scenario gets a new database
+    /// there, dropped when it ends.
     pub database_url: Option<String>,
     /// The CA to trust for HTTPS deliveries; `None` delivers over plain HTTP.
     pub ca_pem: Option<PathBuf>,
@@ -44,26 +47,35 @@ pub struct Service {
     workers: Vec<tokio::process::Child>,
     /// Stops the service if a scenario fails before `stop` (before the files go).
     _cancel_on_drop: tokio_util::sync::DropGuard,
+    /// The URL the service runs on (the scratch database's, on PostgreSQL).
+    database_url: String,
+    /// A PostgreSQL database made for this service; dropped after it stops. Declared
+    /// after the drop guard, so a service dropped unstopped is cancelled first.
+    scratch: Option<ScratchDatabase>,
     /// Holds the SQLite file; removed when the service is dropped.
     _dir: Option<TempDir>,
 }
 
 impl Service {
     pub async fn start(opts: &ServiceOptions) -> anyhow::Result<Service> {
-        let (database_url, dir) = match &opts.database_url {
-            Some(url) => (url.clone(), None),
+        let (database_url, dir, scratch) = match &opts.database_url {
+            Some(url) if is_postgres(url) => {
+                let scratch = ScratchDatabase::create(url).await?;
+                (scratch.url.clone(), None, Some(scratch))
+            }
+            Some(url) => (url.clone(), None, None),
             None => {
                 let dir = tempfile::Builder::new()
                     .prefix("kamiyo-bench-")
                     .tempdir()
                     .context("creating a temporary directory for the database")?;
                 let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-                (url, Some(dir))
+                (url, Some(dir), None)
             }
         };
         let admin_token = format!("bench-admin-{:032x}", rand::random::<u128>());
         let config = Config {
-            database_url,
+            database_url: database_url.clone(),
             listen: "127.0.0.1:0".into(),
             admin_token: Some(admin_token.clone()),
             retry_schedule: opts.retry_schedule.clone(),
@@ -103,8 +115,15 @@ impl Service {
             _cancel_on_drop: stop.clone().drop_guard(),
             stop,
             task,
+            database_url,
+            scratch,
             _dir: dir,
         })
+    }
+
+    /// The database the service runs on.
+    pub fn database_url(&self) -> &str {
+        &self.database_url
     }
 
     /// Pending deliveries, read straight from the store.
@@ -120,7 +139,7 @@ impl Service {
         }
         self.stop.cancel();
         let abort = self.task.abort_handle();
-        match tokio::time::timeout(STOP_DEADLINE, self.task).await {
+        let stopped = match tokio::time::timeout(STOP_DEADLINE, &mut self.task).await {
             Ok(Ok(result)) => result.context("the service failed"),
             Ok(Err(join)) => Err(anyhow::anyhow!("the service task panicked: {join}")),
             Err(_) => {
@@ -128,7 +147,100 @@ impl Service {
                 tracing::warn!("the service did not stop within {STOP_DEADLINE:?}; aborted");
                 Ok(())
             }
+        };
+        if let Some(scratch) = self.scratch.take() {
+            scratch.remove().await?;
         }
+        stopped
+    }
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// A database of its own for one scenario on the PostgreSQL server the bench was given.
+/// Reusing the given database let each run start on the rows and dead tuples of the runs
+/// before it (a run of `latency` after a few others: p50 4 to 19 ms, p99 8 to 58 ms).
+struct ScratchDatabase {
+    /// The URL given: connects as a role that may create databases.
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchDatabase {
+    async fn create(admin: &str) -> anyhow::Result<ScratchDatabase> {
+        use sqlx::Connection as _;
+        let mut url = url::Url::parse(admin).context("--database-url is not a valid URL")?;
+        let name = format!(
+            "kamiyo_bench_{}_{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let server = format!(
+            "{}:{}",
+            url.host_str().unwrap_or("localhost"),
+            url.port().unwrap_or(5432)
+        );
+        let mut conn = sqlx::PgConnection::connect(admin)
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {server}"))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .with_context(|| {
+                format!(
+                    "creating the bench's database {name} at {server} (each scenario runs on a \
+                     new database; the role in --database-url needs CREATEDB)"
+                )
+            })?;
+        conn.close().await.ok();
+        url.set_path(&name);
+        Ok(ScratchDatabase {
+            admin: admin.to_string(),
+            url: url.to_string(),
+            name,
+        })
+    }
+
+    /// Drops the database, closing any connection still on it.
+    async fn remove(mut self) -> anyhow::Result<()> {
+        let name = std::mem::take(&mut self.name);
+        drop_database(&self.admin, &name)
+            .await
+            .with_context(|| format!("dropping the bench's database {name}"))
+    }
+}
+
+async fn drop_database(admin: &str, name: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(admin).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// A scenario that failed drops its service without `stop`: the database still goes.
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        let (admin, name) = (self.admin.clone(), std::mem::take(&mut self.name));
+        // Inside the bench's runtime: a runtime of its own on another thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            if let Err(e) = rt.block_on(drop_database(&admin, &name)) {
+                eprintln!("warning: could not drop the bench's database {name}: {e}");
+            }
+            std::io::Result::Ok(())
+        })
+        .join();
     }
 }
 

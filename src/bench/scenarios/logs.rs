@@ -36,11 +36,8 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
     let fill_secs = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let mut vacuum_secs = None;
-    if let Some(url) = env
-        .database_url
-        .as_deref()
-        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
-    {
+    let url = fx.service.database_url();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         // Right after a bulk insert PostgreSQL has no visibility map and no statistics
         // for the new rows, so every index scan also reads the heap: page 1 took 0.5 s,
         // page 1,000 over 1 s. Autovacuum sets both up for a table this size within a
