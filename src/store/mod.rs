@@ -4,6 +4,7 @@
 mod hours;
 mod outcomes;
 pub mod pagecache;
+mod pgstats;
 pub mod postgres;
 mod rows;
 pub mod secrets;

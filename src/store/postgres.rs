@@ -24,6 +24,8 @@ pub struct PgStore {
     pool: PgPool,
     /// Seals webhook secrets on write and opens them on read.
     secrets: SecretCodec,
+    /// The statistics task (`pgstats::keep`) runs while this has an owner.
+    _alive: Arc<()>,
 }
 
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,7 +44,13 @@ impl PgStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
-        Ok(PgStore { pool, secrets })
+        let alive = Arc::new(());
+        super::pgstats::keep(pool.clone(), Arc::downgrade(&alive));
+        Ok(PgStore {
+            pool,
+            secrets,
+            _alive: alive,
+        })
     }
 
     /// A webhook row with its secret opened.

@@ -18,6 +18,7 @@ mod helpers;
 mod isolation;
 mod matching;
 mod migrations;
+mod pgstats;
 mod security;
 mod stats;
 mod tiers;
