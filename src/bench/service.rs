@@ -149,6 +149,8 @@ impl Service {
             }
         };
         if let Some(scratch) = self.scratch.take() {
+            // The store's pool goes first: the drop would cut its connections short.
+            drop(self.store);
             scratch.remove().await?;
         }
         stopped

@@ -573,9 +573,15 @@ impl ClaimPicker {
 
     /// Whether the webhook can take one more.
     pub(crate) fn has_room(&self, webhook_id: i64) -> bool {
+        self.room_of(webhook_id) > 0
+    }
+
+    /// How many more the webhook can take.
+    pub(crate) fn room_of(&self, webhook_id: i64) -> usize {
         self.room
             .get(&webhook_id)
-            .map_or(self.per_endpoint > 0, |room| *room > 0)
+            .copied()
+            .unwrap_or(self.per_endpoint)
     }
 
     pub(crate) fn is_full(&self) -> bool {

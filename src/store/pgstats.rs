@@ -3,10 +3,10 @@
 //! small (a sequential scan for the outcomes' UPDATE, 2.3 ms a turn at 10,000 rows and
 //! growing: BENCHMARKS.md item 57). With autovacuum on this seldom fires: it analyzes first.
 
-use std::sync::Weak;
 use std::time::Duration;
 
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use super::StoreResult;
 
@@ -69,9 +69,9 @@ pub(crate) async fn analyze_stale(pool: &PgPool) -> StoreResult<Vec<&'static str
     Ok(due)
 }
 
-/// Looks at the statistics every `CHECK_EVERY` for as long as `alive` has an owner (the
-/// store), when there is a runtime to do it on.
-pub(crate) fn keep(pool: PgPool, alive: Weak<()>) {
+/// Looks at the statistics every `CHECK_EVERY` until `stop` (the store is dropped),
+/// when there is a runtime to do it on.
+pub(crate) fn keep(pool: PgPool, stop: CancellationToken) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -80,9 +80,9 @@ pub(crate) fn keep(pool: PgPool, alive: Weak<()>) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
-            tick.tick().await;
-            if alive.strong_count() == 0 {
-                return;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
             }
             match analyze_stale(&pool).await {
                 Ok(tables) if !tables.is_empty() => {

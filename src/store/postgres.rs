@@ -24,8 +24,8 @@ pub struct PgStore {
     pool: PgPool,
     /// Seals webhook secrets on write and opens them on read.
     secrets: SecretCodec,
-    /// The statistics task (`pgstats::keep`) runs while this has an owner.
-    _alive: Arc<()>,
+    /// Ends the statistics task (`pgstats::keep`) with the store.
+    _stats: tokio_util::sync::DropGuard,
 }
 
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,12 +44,12 @@ impl PgStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
-        let alive = Arc::new(());
-        super::pgstats::keep(pool.clone(), Arc::downgrade(&alive));
+        let stats = tokio_util::sync::CancellationToken::new();
+        super::pgstats::keep(pool.clone(), stats.clone());
         Ok(PgStore {
             pool,
             secrets,
-            _alive: alive,
+            _stats: stats.drop_guard(),
         })
     }
 
@@ -82,12 +82,21 @@ super::rows::row_decoders!(PgRow);
 const HEAD_SCAN_MIN: usize = 256;
 /// Pending rows of one endpoint read to find its due ones (the rest wait for a retry).
 const ENDPOINT_SCAN: i64 = 256;
+/// Endpoints visited per round of statements when the head of the due order is all
+/// endpoints without room.
+const ENDPOINT_BATCH: i64 = 64;
 
 /// The delivery hot path (claims and attempt outcomes).
 impl PgStore {
-    /// Visits the endpoints with pending deliveries in id order (one index probe each)
-    /// and offers each endpoint with room its earliest due deliveries, locked with
+    /// Visits the endpoints with pending deliveries in id order, `ENDPOINT_BATCH` at a
+    /// time, and offers each endpoint with room its earliest due deliveries, locked with
     /// `SKIP LOCKED` so that no other worker takes them too, until the claim is full.
+    ///
+    /// Three statements a batch, each of a shape no plan can make read more than the
+    /// endpoints' own rows (a table without statistics planned the earlier form, one
+    /// statement per endpoint, as a loop over every due row: BENCHMARKS.md item 56).
+    /// Visiting endpoints one round trip at a time cost the healthy deliveries of the
+    /// isolation bench 10-14 ms at the median (item 58).
     async fn claim_past_head(
         tx: &mut Tx<'_>,
         picker: &mut ClaimPicker,
@@ -95,42 +104,66 @@ impl PgStore {
     ) -> StoreResult<()> {
         let mut after = i64::MIN;
         while !picker.is_full() {
-            let next: Option<i64> = sqlx::query_scalar(
-                "SELECT webhook_id FROM deliveries WHERE webhook_id > $1 AND status = 'pending' \
-                 ORDER BY webhook_id LIMIT 1",
+            // The next endpoints with pending deliveries: a skip scan of the index.
+            let hooks: Vec<i64> = sqlx::query_scalar(
+                "WITH RECURSIVE w (id) AS ( \
+                   (SELECT webhook_id FROM deliveries WHERE webhook_id > $1 AND status = 'pending' \
+                    ORDER BY webhook_id LIMIT 1) \
+                   UNION ALL \
+                   SELECT (SELECT d.webhook_id FROM deliveries d \
+                           WHERE d.webhook_id > w.id AND d.status = 'pending' \
+                           ORDER BY d.webhook_id LIMIT 1) \
+                   FROM w WHERE w.id IS NOT NULL) \
+                 SELECT id FROM w WHERE id IS NOT NULL LIMIT $2",
             )
             .bind(after)
-            .fetch_optional(&mut **tx)
-            .await?;
-            let Some(webhook_id) = next else { break };
-            after = webhook_id;
-            if !picker.has_room(webhook_id) {
-                continue;
-            }
-            // Two statements, so that no plan can join the endpoint's rows to the whole
-            // due order: on a table without statistics (new, and not yet analyzed) the
-            // one-statement form ran the endpoint's scan once per due row, 140-190 ms a
-            // query, and healthy endpoints waited up to a minute behind silent ones.
-            let first: Vec<i64> = sqlx::query_scalar(
-                "SELECT id FROM deliveries WHERE webhook_id = $1 AND status = 'pending' \
-                 ORDER BY id LIMIT $2",
-            )
-            .bind(webhook_id)
-            .bind(ENDPOINT_SCAN)
+            .bind(ENDPOINT_BATCH)
             .fetch_all(&mut **tx)
             .await?;
-            let due: Vec<i64> = sqlx::query_scalar(
-                "SELECT id FROM deliveries WHERE id = ANY ($1::bigint[]) \
+            let Some(&last) = hooks.last() else { break };
+            after = last;
+            let (with_room, room): (Vec<i64>, Vec<i64>) = hooks
+                .into_iter()
+                .filter(|w| picker.has_room(*w))
+                .map(|w| (w, picker.room_of(w) as i64))
+                .unzip();
+            if with_room.is_empty() {
+                continue;
+            }
+            // Each endpoint's due deliveries among its first pending ones, as many as it
+            // has room for: the lateral subquery is an index scan per endpoint.
+            let candidates: Vec<i64> = sqlx::query_scalar(
+                "SELECT f.id FROM UNNEST($1::bigint[], $2::bigint[]) AS w (id, room) \
+                 CROSS JOIN LATERAL ( \
+                   SELECT p.id, p.next_attempt_at FROM ( \
+                     SELECT id, next_attempt_at, locked_until FROM deliveries \
+                     WHERE webhook_id = w.id AND status = 'pending' ORDER BY id LIMIT $3) p \
+                   WHERE p.next_attempt_at <= $4 \
+                     AND (p.locked_until IS NULL OR p.locked_until <= $4) \
+                   ORDER BY p.next_attempt_at, p.id LIMIT w.room) f",
+            )
+            .bind(&with_room)
+            .bind(&room)
+            .bind(ENDPOINT_SCAN)
+            .bind(now_ms)
+            .fetch_all(&mut **tx)
+            .await?;
+            if candidates.is_empty() {
+                continue;
+            }
+            // Locked by id; those another worker holds are skipped, not waited for.
+            let due: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT id, webhook_id FROM deliveries WHERE id = ANY ($1::bigint[]) \
                  AND status = 'pending' AND next_attempt_at <= $2 \
                  AND (locked_until IS NULL OR locked_until <= $2) \
                  ORDER BY next_attempt_at, id FOR UPDATE SKIP LOCKED",
             )
-            .bind(&first)
+            .bind(&candidates)
             .bind(now_ms)
             .fetch_all(&mut **tx)
             .await?;
-            for id in due {
-                if !picker.offer(id, webhook_id) || !picker.has_room(webhook_id) {
+            for (id, webhook_id) in due {
+                if !picker.offer(id, webhook_id) {
                     break;
                 }
             }
