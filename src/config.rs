@@ -323,8 +323,7 @@ impl Config {
     /// Checks values that cannot be expressed by types alone.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.database_url.starts_with("sqlite:")
-            || self.database_url.starts_with("postgres://")
-            || self.database_url.starts_with("postgresql://"))
+            || crate::store::is_postgres_url(&self.database_url))
         {
             return Err(config_error(
                 "KAMIYO_DATABASE_URL",

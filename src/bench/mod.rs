@@ -143,7 +143,7 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
     if args.worker_processes > 0
         && !database_url
             .as_deref()
-            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+            .is_some_and(crate::store::is_postgres_url)
     {
         bail!("--worker-processes needs --database-url postgres://...: a SQLite database belongs to one process");
     }

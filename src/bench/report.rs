@@ -124,9 +124,7 @@ impl Report {
             if env.quick { "quick" } else { "full" },
             if env.tls { "HTTPS" } else { "plain HTTP" },
             match env.database_url.as_deref() {
-                Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-                    "a new PostgreSQL database per scenario"
-                }
+                Some(u) if crate::store::is_postgres_url(u) => "a new PostgreSQL database per scenario",
                 Some(_) => "given database",
                 None => "fresh SQLite per scenario",
             },

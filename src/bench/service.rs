@@ -59,7 +59,7 @@ pub struct Service {
 impl Service {
     pub async fn start(opts: &ServiceOptions) -> anyhow::Result<Service> {
         let (database_url, dir, scratch) = match &opts.database_url {
-            Some(url) if is_postgres(url) => {
+            Some(url) if crate::store::is_postgres_url(url) => {
                 let scratch = ScratchDatabase::create(url).await?;
                 (scratch.url.clone(), None, Some(scratch))
             }
@@ -155,10 +155,6 @@ impl Service {
         }
         stopped
     }
-}
-
-fn is_postgres(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// A database of its own for one scenario on the PostgreSQL server the bench was given.

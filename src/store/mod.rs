@@ -422,6 +422,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<AttemptBucket>>;
 }
 
+/// Whether a database URL names a PostgreSQL server (either scheme it accepts).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Opens the store named by a database URL; `secrets` seals and opens webhook secrets.
 pub async fn open(
     database_url: &str,
@@ -432,7 +437,7 @@ pub async fn open(
         Ok(Arc::new(
             sqlite::SqliteStore::open(database_url, secrets).await?,
         ))
-    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+    } else if is_postgres_url(database_url) {
         Ok(Arc::new(
             postgres::PgStore::open(database_url, pool_size, secrets).await?,
         ))

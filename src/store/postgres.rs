@@ -124,8 +124,8 @@ impl PgStore {
             after = last;
             let (with_room, room): (Vec<i64>, Vec<i64>) = hooks
                 .into_iter()
-                .filter(|w| picker.has_room(*w))
                 .map(|w| (w, picker.room_of(w) as i64))
+                .filter(|(_, room)| *room > 0)
                 .unzip();
             if with_room.is_empty() {
                 continue;

@@ -37,7 +37,7 @@ pub async fn run(env: &Env) -> anyhow::Result<ScenarioReport> {
     bar.finish_and_clear();
     let mut vacuum_secs = None;
     let url = fx.service.database_url();
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if crate::store::is_postgres_url(url) {
         // Right after a bulk insert PostgreSQL has no visibility map and no statistics
         // for the new rows, so every index scan also reads the heap: page 1 took 0.5 s,
         // page 1,000 over 1 s. Autovacuum sets both up for a table this size within a
